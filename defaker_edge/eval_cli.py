@@ -1,0 +1,90 @@
+"""`defaker eval`: score a predictions JSONL against a dataset with the one metrics implementation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="score predictions against a dataset (AUC, balanced acc, pixel F1/IoU)",
+        description="Score a predictions file against a dataset. Each predictions line is "
+                    '{"image": <path as in the manifest>, "fake_prob": float, "mask": <PNG path or null>}; '
+                    "mask PNGs hold probabilities as 0..255 at the image's size, paths relative to the "
+                    "predictions file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--predictions", required=True, help="predictions JSONL")
+    p.add_argument("--data", required=True, help="dataset: manifest.jsonl or folder")
+    p.add_argument("--out", help="write the report JSON here (also printed on stdout)")
+    p.add_argument("--threshold", type=float, default=0.5, help="decision threshold for balanced accuracy")
+    p.add_argument("--split", help="only score samples of this manifest split")
+    p.set_defaults(func=run)
+
+
+def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike, *,
+                         threshold: float = 0.5, split: str | None = None) -> dict:
+    from .data.dataset import load_dataset
+    from .data.io import load_mask
+    from .errors import DatasetError
+    from .metrics import Record, pixel_scores, summarize
+
+    samples = load_dataset(data, split=split)
+    ppath = Path(predictions)
+    if not ppath.is_file():
+        raise DatasetError(f"{ppath}: predictions file not found")
+    proot = ppath.parent.resolve()
+    preds: dict[str, dict] = {}
+    problems = []
+    for n, line in enumerate(ppath.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            fp = float(d["fake_prob"])
+            if not (0.0 <= fp <= 1.0):
+                raise ValueError(f"fake_prob {fp} outside [0, 1]")
+            preds[str(d["image"])] = d
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            problems.append(f"line {n}: {e}")
+    if problems:
+        raise DatasetError(f"{ppath}: bad lines:\n  " + "\n  ".join(problems[:20]))
+    records = []
+    missing = []
+    for s in samples:
+        d = preds.get(s.key) or preds.get(s.image) or preds.get(os.path.basename(s.image))
+        if d is None:
+            missing.append(s.key or s.image)
+            continue
+        pix = None
+        if s.label == 1 and s.mask:
+            gt, _ = load_mask(s.mask)
+            if d.get("mask"):
+                mp = Path(d["mask"])
+                mp = mp if mp.is_absolute() else proot / mp
+                from .data.io import load_image
+                pm = load_image(mp)[:, :, 0]
+                if pm.shape != gt.shape:
+                    raise DatasetError(f"{mp}: predicted mask is {pm.shape[1]}x{pm.shape[0]}, "
+                                       f"ground truth is {gt.shape[1]}x{gt.shape[0]}")
+                pix = pixel_scores(pm, gt)
+            else:
+                pix = {"pixel_f1": 0.0, "pixel_f1_best": 0.0, "pixel_iou": 0.0}  # no mask predicted
+        records.append(Record(label=s.label, fake_prob=float(d["fake_prob"]), domain=s.domain, pixel=pix))
+    if missing:
+        raise DatasetError(f"{len(missing)} dataset image(s) have no prediction, e.g.: " + ", ".join(missing[:5]))
+    return summarize(records, threshold)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .artifacts import to_jsonable, write_json
+
+    report = evaluate_predictions(args.predictions, args.data, threshold=args.threshold, split=args.split)
+    if args.out:
+        write_json(args.out, report)
+    json.dump(to_jsonable(report), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0

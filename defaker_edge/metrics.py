@@ -1,0 +1,127 @@
+"""The one implementation of every metric (DESIGN §8), numpy only so the runtime and bench share it.
+
+Detection: image AUC (ties count half, as scikit-learn's roc_auc_score) and balanced accuracy at
+a threshold (a score >= threshold is called fake). Localization, on manipulated images that have a
+ground-truth mask, averaged per image as TruFor / IMDLBenCo do: pixel F1 at 0.5, best-threshold F1
+(the best of 256 thresholds for each image), and IoU at 0.5. A prediction with no positive pixel
+against a non-empty mask scores 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+
+def image_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """ROC AUC by the rank statistic with average ranks for ties. NaN if only one class is present."""
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.shape != s.shape:
+        raise ValueError(f"labels {y.shape} and scores {s.shape} differ in shape")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores hold NaN or Inf")
+    n_pos = int((y == 1).sum())
+    n_neg = int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    # average rank over each run of equal scores
+    i = 0
+    n = len(s)
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+        i = j + 1
+    sum_pos = ranks[y == 1].sum()
+    return float((sum_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def balanced_accuracy(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5) -> float:
+    """Mean of the true-positive and true-negative rates; a class that is absent is left out."""
+    y = np.asarray(labels, dtype=np.int64)
+    pred = np.asarray(scores, dtype=np.float64) >= threshold
+    rates = []
+    if (y == 1).any():
+        rates.append(float(pred[y == 1].mean()))
+    if (y == 0).any():
+        rates.append(float((~pred[y == 0]).mean()))
+    return float(np.mean(rates)) if rates else float("nan")
+
+
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    denom = 2 * tp + fp + fn
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+
+def pixel_scores(prob: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Per-image localization scores. prob: [H, W] in [0, 1] (or uint8 0..255); gt: [H, W] bool."""
+    p = np.asarray(prob)
+    if p.dtype == np.uint8:
+        levels = p.astype(np.int64)
+        pf = p.astype(np.float64) / 255.0
+    else:
+        pf = np.nan_to_num(p.astype(np.float64), nan=0.0)
+        levels = np.clip(np.rint(pf * 255.0), 0, 255).astype(np.int64)
+    g = np.asarray(gt).astype(bool)
+    if pf.shape != g.shape:
+        raise ValueError(f"predicted mask {pf.shape} and ground truth {g.shape} differ in shape")
+    pred = pf >= threshold
+    tp = float(np.logical_and(pred, g).sum())
+    fp = float(np.logical_and(pred, ~g).sum())
+    fn = float(np.logical_and(~pred, g).sum())
+    f1 = float(_f1(np.array(tp), np.array(fp), np.array(fn)))
+    union = tp + fp + fn
+    iou = tp / union if union > 0 else 0.0
+    # best threshold: counts of positives/negatives at each of 256 levels, cumulated from the top
+    pos_hist = np.bincount(levels[g], minlength=256)[:256].astype(np.float64)
+    neg_hist = np.bincount(levels[~g], minlength=256)[:256].astype(np.float64)
+    tp_t = np.cumsum(pos_hist[::-1])[::-1]  # predicted positive if level >= t
+    fp_t = np.cumsum(neg_hist[::-1])[::-1]
+    fn_t = g.sum() - tp_t
+    f1_best = float(_f1(tp_t, fp_t, fn_t).max())
+    return {"pixel_f1": f1, "pixel_f1_best": max(f1_best, f1), "pixel_iou": float(iou)}
+
+
+@dataclass
+class Record:
+    """One image's prediction joined with its ground truth, for `summarize`."""
+    label: int
+    fake_prob: float
+    domain: str = "natural"
+    pixel: dict[str, float] | None = None  # pixel_scores(), for fakes that have a mask
+
+
+def _summary(records: list[Record], threshold: float) -> dict[str, float | int]:
+    labels = [r.label for r in records]
+    probs = [r.fake_prob for r in records]
+    pix = [r.pixel for r in records if r.pixel is not None]
+    out: dict[str, float | int] = {
+        "n": len(records),
+        "n_fake": int(sum(labels)),
+        "n_real": len(labels) - int(sum(labels)),
+        "image_auc": image_auc(labels, probs),
+        "balanced_acc": balanced_accuracy(labels, probs, threshold),
+        "n_masks": len(pix),
+    }
+    for k in ("pixel_f1", "pixel_f1_best", "pixel_iou"):
+        out[k] = float(np.mean([p[k] for p in pix])) if pix else float("nan")
+    return out
+
+
+def summarize(records: Iterable[Record], threshold: float = 0.5) -> dict:
+    """Metrics overall and per domain: {"overall": {...}, "per_domain": {domain: {...}}, "threshold": t}."""
+    recs = list(records)
+    domains = sorted({r.domain for r in recs})
+    return {
+        "threshold": threshold,
+        "overall": _summary(recs, threshold),
+        "per_domain": {d: _summary([r for r in recs if r.domain == d], threshold) for d in domains},
+    }

@@ -1,0 +1,100 @@
+"""Native-resolution tiling (DESIGN §5), numpy only: the runtime, calibration and distillation share it.
+
+The image is never rescaled. It is cut into T×T tiles whose origins sit on the 8×8 JPEG grid
+(multiples of 8), so every tile sees the same block alignment the camera's encoder used. Tiles
+overlap by at least `overlap` pixels; the last row/column is pulled back to end at the border
+(then snapped down to the grid). An image smaller than T in a dimension is padded with its mean
+grey (normalised value ~0) rather than mirrored: a mirror would look like copy-move to the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# ImageNet statistics, the convention of both the teacher's towers and the students.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+GRID = 8
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    tile: int = 512
+    overlap: int = 64
+    grid: int = GRID
+
+    @property
+    def stride(self) -> int:
+        return max(self.grid, ((self.tile - self.overlap) // self.grid) * self.grid)
+
+
+def _axis_origins(length: int, tile: int, stride: int, grid: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    last = ((length - tile) // grid) * grid  # on the grid, never past the border
+    origins = list(range(0, last + 1, stride))
+    if origins[-1] != last:
+        origins.append(last)
+    if last + tile < length:
+        # the grid snap left a strip of < 8 px at the border; one tile flush with the border
+        # (off-grid, by necessity) covers it
+        origins.append(length - tile)
+    return origins
+
+
+def tile_origins(h: int, w: int, spec: TileSpec = TileSpec()) -> list[tuple[int, int]]:
+    """(y0, x0) of every tile, row-major. Covers every pixel of an h×w image."""
+    ys = _axis_origins(h, spec.tile, spec.stride, spec.grid)
+    xs = _axis_origins(w, spec.tile, spec.stride, spec.grid)
+    return [(y, x) for y in ys for x in xs]
+
+
+def cut_tiles(img: np.ndarray, origins: list[tuple[int, int]], tile: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [N, T, T, 3]; padding with the image's mean colour where it is smaller."""
+    h, w = img.shape[:2]
+    out = np.empty((len(origins), tile, tile, 3), dtype=np.uint8)
+    fill = None
+    for i, (y, x) in enumerate(origins):
+        crop = img[y:y + tile, x:x + tile]
+        if crop.shape[0] == tile and crop.shape[1] == tile:
+            out[i] = crop
+            continue
+        if fill is None:
+            fill = np.rint(np.asarray(MEAN) * 255).astype(np.uint8)
+        out[i] = fill
+        out[i, :crop.shape[0], :crop.shape[1]] = crop
+    return out
+
+
+def normalize(tiles: np.ndarray) -> np.ndarray:
+    """uint8 [N, T, T, 3] -> float32 [N, 3, T, T], (x/255 - mean) / std: the model's input."""
+    x = tiles.astype(np.float32) * (1.0 / 255.0)
+    x -= np.asarray(MEAN, dtype=np.float32)
+    x /= np.asarray(STD, dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def aggregate_logits(tile_logits: np.ndarray) -> float:
+    """One image logit from its tiles' logits: the maximum.
+
+    Why max: a splice or an edit usually sits in one tile, and averaging would dilute it in a large
+    image; a fully generated image lights up every tile, so max loses nothing there. The decision
+    threshold is calibrated on this same aggregate, so larger images are not judged by a rule
+    fitted to smaller ones only.
+    """
+    t = np.asarray(tile_logits, dtype=np.float64).reshape(-1)
+    if t.size == 0:
+        raise ValueError("no tiles")
+    return float(t.max())
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """[T, T] weights that ramp linearly over the overlap so stitched seams do not show."""
+    ramp = np.ones(tile, dtype=np.float32)
+    if overlap > 0:
+        r = (np.arange(overlap, dtype=np.float32) + 0.5) / overlap
+        ramp[:overlap] = r
+        ramp[-overlap:] = r[::-1]
+    return np.outer(ramp, ramp)
