@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP: larger gets a clear error, not a decompression bomb
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB of encoded data
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF", "PPM")
+_WANTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF", "PPM")
+Image.init()  # register every plugin so the allow-list below can be checked against what is there
+ALLOWED_FORMATS = tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray]
 
@@ -124,7 +126,9 @@ def _open(src: ImageSource, name: str, max_bytes: int) -> Image.Image:
         if len(data) > max_bytes:
             raise ImageError(name, f"input is {len(data)} bytes, over the {max_bytes}-byte limit")
     try:
-        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd metadata warns; real failures raise below
+            return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as e:
         raise ImageError(name, f"refused as a decompression bomb ({e})") from None
     except Image.UnidentifiedImageError:

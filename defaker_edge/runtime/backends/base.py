@@ -1,0 +1,54 @@
+"""The one interface every backend implements (TensorRT, ONNX Runtime, PyTorch).
+
+A backend takes a normalized batch float32 [N, 3, T, T] and returns float32 (fake_logit [N],
+mask_logits [N, 1, T/4, T/4]). It says what it is (`name`), at which precision it runs
+(`precision`) and which provider actually executed it (`provider`): ORT, for one, falls back to
+the CPU silently, so the caller must be told rather than assume.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ...errors import DefakerError
+
+
+class BackendUnavailable(DefakerError):
+    """This backend cannot run here (library missing, incompatible engine, ...). `reason` is short."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Backend(ABC):
+    name: str = "?"
+    precision: str = "?"
+    provider: str = "?"
+    max_batch: int | None = None  # None: any batch size
+
+    @abstractmethod
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 [N,3,T,T] -> (fake_logit float32 [N], mask_logits float32 [N,1,T/4,T/4])."""
+
+    def close(self) -> None:  # release device memory; a no-op for host backends
+        pass
+
+    def describe(self) -> str:
+        return f"{self.name}/{self.precision} on {self.provider}"
+
+
+def check_outputs(fake: np.ndarray, mask: np.ndarray, n: int, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """Coerce a backend's raw outputs to the contract's shapes and dtypes, or raise ValueError."""
+    fake = np.asarray(fake, dtype=np.float32).reshape(-1)
+    mask = np.asarray(mask, dtype=np.float32)
+    if fake.shape[0] != n:
+        raise ValueError(f"fake_logit has {fake.shape[0]} values for a batch of {n}")
+    q = tile // 4
+    if mask.ndim == 3:
+        mask = mask[:, None]
+    if mask.shape != (n, 1, q, q):
+        raise ValueError(f"mask_logits shape {mask.shape}, expected {(n, 1, q, q)}")
+    return fake, mask

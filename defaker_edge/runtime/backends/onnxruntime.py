@@ -1,0 +1,95 @@
+"""ONNX Runtime backend: TensorRT EP -> CUDA EP -> CPU EP, keeping only the providers this build has.
+
+ORT silently drops a provider it cannot initialise (a missing CUDA library, say) and runs on the
+next one, so `provider` is read back from the session (get_providers()[0]) instead of assumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .base import Backend, BackendUnavailable, check_outputs
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailable("onnxruntime is not installed") from None
+    return onnxruntime
+
+
+def available_providers() -> list[str]:
+    try:
+        return list(_ort().get_available_providers())
+    except BackendUnavailable:
+        return []
+
+
+def choose_providers(asked: Sequence[str] | None = None) -> list[str]:
+    """The providers asked for (default: TRT, CUDA, CPU), in that order, minus those this build lacks."""
+    have = set(available_providers())
+    wanted = list(asked) if asked else list(DEFAULT_PROVIDERS)
+    kept = [p for p in wanted if p in have]
+    if not kept:
+        raise BackendUnavailable(f"none of the providers {wanted} is available (this build has {sorted(have)})")
+    return kept
+
+
+def gpu_available() -> bool:
+    """True when this ORT build has a GPU provider. A build with CUDA EP but no driver still
+    reports it; the provider read back after the session starts is the truth."""
+    have = set(available_providers())
+    return any(p in have for p in GPU_PROVIDERS)
+
+
+class OrtBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike, precision: str, tile: int, *,
+                 providers: Sequence[str] | None = None, input_name: str | None = None,
+                 threads: int | None = None):
+        ort = _ort()
+        self.precision = precision
+        self.tile = tile
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # warnings about unused initializers are noise to a user
+        if threads:
+            opts.intra_op_num_threads = threads
+        provs = choose_providers(providers)
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=provs)
+        except Exception as e:  # ORT raises its own exception classes for bad files
+            raise BackendUnavailable(f"onnxruntime could not load {self.path.name}: "
+                                     f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        used = self.session.get_providers()
+        self.provider = used[0] if used else "?"
+        if self.provider != provs[0]:
+            log.info("%s: asked for %s, onnxruntime runs it on %s", self.path.name, provs[0], self.provider)
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise BackendUnavailable(f"{self.path.name}: expected one input, found {len(inputs)}")
+        self.input_name = inputs[0].name
+        if input_name and input_name != self.input_name:
+            log.warning("%s: input is named %r, the manifest says %r", self.path.name, self.input_name, input_name)
+        outs = [o.name for o in self.session.get_outputs()]
+        # the contract names the outputs; fall back to their order for files that predate the names
+        self.outputs = ["fake_logit", "mask_logits"] if {"fake_logit", "mask_logits"} <= set(outs) else outs[:2]
+        if len(self.outputs) != 2:
+            raise BackendUnavailable(f"{self.path.name}: expected outputs fake_logit and mask_logits, found {outs}")
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        fake, mask = self.session.run(self.outputs, {self.input_name: x})
+        return check_outputs(fake, mask, x.shape[0], self.tile)

@@ -1,0 +1,251 @@
+"""Reading a deployment package (docs/INTERFACES.md, "Package"): manifest, file checks, golden data.
+
+numpy + json only: this runs on the device. Nothing here trusts a file it has not hashed: the
+Detector calls `verify_file` before it hands a path to a backend.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import sha256_file
+from ..errors import ArtifactError
+
+FORMAT = "defaker-package/1"
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu", "fp8")
+# The package the wheel installs (DESIGN §10). Resolved from this file so it works from a checkout,
+# an editable install and a wheel alike.
+DEFAULT_PACKAGE = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One row of the manifest's `files` list."""
+
+    path: str
+    precision: str
+    format: str = "onnx"
+    sha256: str | None = None
+    bytes: int | None = None
+    role: str | None = None
+    trt_version: str | None = None
+    compute_capability: str | None = None
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_engine(self) -> bool:
+        return self.format == "tensorrt"
+
+    @property
+    def label(self) -> str:
+        """Short name used in fallback reasons, e.g. 'int8-cpu' or 'engine int8'."""
+        return f"engine {self.precision}" if self.is_engine else self.precision
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    temperature: float = 1.0
+    threshold: float = 0.5
+    band: tuple[float, float] | None = None  # re-run at full precision when lo <= prob <= hi
+    aggregate: str = "max"
+
+
+@dataclass
+class Package:
+    """A parsed package directory."""
+
+    root: Path
+    manifest: dict
+    files: list[FileEntry]
+    tile: int
+    overlap: int
+    input_name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    thresholds: Thresholds
+    golden_file: str | None
+    golden_atol: dict[str, float]
+
+    def path_of(self, entry: FileEntry) -> Path:
+        return self.root / entry.path
+
+    def onnx(self, precision: str) -> FileEntry | None:
+        for f in self.files:
+            if f.format == "onnx" and f.precision == precision:
+                return f
+        return None
+
+    def engines(self) -> list[FileEntry]:
+        return [f for f in self.files if f.is_engine]
+
+    def summary(self) -> dict[str, Any]:
+        """What `GET /v1/model` and `defaker check --help`-style reports show; no paths outside the package."""
+        m = self.manifest
+        return {
+            "format": m.get("format"), "model_id": m.get("model_id"), "created": m.get("created"),
+            "tile": self.tile, "overlap": self.overlap,
+            "files": [{"path": f.path, "precision": f.precision, "format": f.format, "bytes": f.bytes}
+                      for f in self.files],
+            "thresholds": {"temperature": self.thresholds.temperature, "threshold": self.thresholds.threshold,
+                           "band": list(self.thresholds.band) if self.thresholds.band else None},
+            "metrics": m.get("metrics", {}),
+        }
+
+
+def _num(v: Any, what: str, where: Path) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ArtifactError(f"{where}: {what} must be a number, got {v!r}") from None
+    if not math.isfinite(x):
+        raise ArtifactError(f"{where}: {what} is not finite")
+    return x
+
+
+def _thresholds(d: Any, where: Path) -> Thresholds:
+    if not d:
+        return Thresholds()
+    if not isinstance(d, dict):
+        raise ArtifactError(f"{where}: thresholds must be an object")
+    temp = _num(d.get("temperature", 1.0), "thresholds.temperature", where)
+    if temp <= 0:
+        raise ArtifactError(f"{where}: thresholds.temperature must be > 0, got {temp}")
+    thr = _num(d.get("threshold", 0.5), "thresholds.threshold", where)
+    band = d.get("band")
+    if band is not None:
+        if not (isinstance(band, (list, tuple)) and len(band) == 2):
+            raise ArtifactError(f"{where}: thresholds.band must be [lo, hi], got {band!r}")
+        band = (_num(band[0], "band[0]", where), _num(band[1], "band[1]", where))
+    agg = d.get("aggregate", "max")
+    if agg != "max":
+        # the runtime aggregates with tiling.aggregate_logits (max); a package calibrated on another
+        # rule would get thresholds that do not match its scores
+        raise ArtifactError(f"{where}: thresholds.aggregate {agg!r} is not supported (only 'max')")
+    return Thresholds(temperature=temp, threshold=thr, band=band, aggregate=agg)
+
+
+def resolve_package_dir(package: str | Path | None) -> Path:
+    if package is None:
+        root = DEFAULT_PACKAGE
+        if not (root / "manifest.json").is_file():
+            raise ArtifactError(
+                f"no default package installed at {root} (it ships with the release; build one with "
+                "`make default-model`, or pass --package PATH / Detector.load(package=PATH))")
+        return root
+    root = Path(package)
+    if root.is_file() and root.name == "manifest.json":
+        root = root.parent
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: package directory not found")
+    return root
+
+
+def load_package(package: str | Path | None = None) -> Package:
+    """Parse PACKAGE/manifest.json (None = the default package) into a Package; ArtifactError if malformed."""
+    root = resolve_package_dir(package)
+    mpath = root / "manifest.json"
+    if not mpath.is_file():
+        raise ArtifactError(f"{root}: not a package (no manifest.json)")
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
+    if not isinstance(m, dict):
+        raise ArtifactError(f"{mpath}: must hold a JSON object")
+    if m.get("format") != FORMAT:
+        raise ArtifactError(f"{mpath}: format is {m.get('format')!r}, this runtime reads {FORMAT!r}")
+    inp = m.get("input") or {}
+    tile = int(_num(inp.get("tile", 0), "input.tile", mpath))
+    if tile <= 0 or tile % 4:
+        raise ArtifactError(f"{mpath}: input.tile must be a positive multiple of 4, got {tile}")
+    overlap = int(_num(inp.get("overlap", 0), "input.overlap", mpath))
+    if not 0 <= overlap < tile:
+        raise ArtifactError(f"{mpath}: input.overlap must be in [0, tile), got {overlap}")
+    files = []
+    for i, f in enumerate(m.get("files") or []):
+        if not isinstance(f, dict) or "path" not in f or "precision" not in f:
+            raise ArtifactError(f"{mpath}: files[{i}] needs 'path' and 'precision'")
+        p = str(f["path"])
+        if Path(p).is_absolute() or ".." in Path(p).parts:
+            raise ArtifactError(f"{mpath}: files[{i}].path {p!r} must stay inside the package")
+        files.append(FileEntry(
+            path=p, precision=str(f["precision"]), format=str(f.get("format", "onnx")),
+            sha256=f.get("sha256"), bytes=f.get("bytes"), role=f.get("role"),
+            trt_version=None if f.get("trt_version") is None else str(f["trt_version"]),
+            compute_capability=None if f.get("compute_capability") is None else str(f["compute_capability"]),
+            raw=f))
+    if not files:
+        raise ArtifactError(f"{mpath}: the files list is empty")
+    golden = m.get("golden") or {}
+    atol = {str(k): float(v) for k, v in (golden.get("atol") or {}).items() if v is not None}
+    return Package(
+        root=root, manifest=m, files=files, tile=tile, overlap=overlap,
+        input_name=str(inp.get("name", "image")),
+        mean=tuple(inp.get("mean", (0.485, 0.456, 0.406))), std=tuple(inp.get("std", (0.229, 0.224, 0.225))),
+        thresholds=_thresholds(m.get("thresholds"), mpath),
+        golden_file=golden.get("file"), golden_atol=atol)
+
+
+def verify_file(pkg: Package, entry: FileEntry) -> str | None:
+    """None when the file exists and matches its sha256; else a short reason ('file missing', ...)."""
+    path = pkg.path_of(entry)
+    if not path.is_file():
+        return "file missing"
+    if not entry.sha256:
+        return "no sha256 in manifest"
+    if sha256_file(path) != entry.sha256:
+        return "sha256 mismatch"
+    return None
+
+
+@dataclass(frozen=True)
+class Golden:
+    input_u8: np.ndarray  # uint8 [1, T, T, 3]
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]]  # precision -> (fake_logit, mask_logits)
+
+
+def load_golden(pkg: Package) -> Golden | None:
+    """The package's golden input and per-precision reference outputs, or None if it ships none."""
+    if not pkg.golden_file:
+        return None
+    path = pkg.root / pkg.golden_file
+    if not path.is_file():
+        raise ArtifactError(f"{path}: golden file named in the manifest is missing")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as e:  # np.load raises several types on a damaged zip
+        raise ArtifactError(f"{path}: unreadable golden file ({type(e).__name__}: {e})") from None
+    if "input_u8" not in data:
+        raise ArtifactError(f"{path}: golden file has no input_u8")
+    outs = {}
+    for k in data:
+        if k.startswith("fake_logit__"):
+            p = k[len("fake_logit__"):]
+            if f"mask_logits__{p}" in data:
+                outs[p] = (data[k], data[f"mask_logits__{p}"])
+    return Golden(input_u8=data["input_u8"].astype(np.uint8), outputs=outs)
+
+
+def golden_mismatch(golden: Golden, precision: str, atol: float, fake_logit: np.ndarray,
+                    mask_logits: np.ndarray) -> str | None:
+    """None when the outputs match the golden reference for `precision` within atol; else why not."""
+    if not (np.all(np.isfinite(fake_logit)) and np.all(np.isfinite(mask_logits))):
+        return "golden self-test: nan/inf in output"
+    ref = golden.outputs.get(precision)
+    if ref is None:
+        return None  # nothing recorded for this precision: the file's sha256 is the only check
+    rf, rm = ref
+    if rf.shape != np.shape(fake_logit) or rm.shape != np.shape(mask_logits):
+        return (f"golden self-test: output shapes {np.shape(fake_logit)}, {np.shape(mask_logits)} "
+                f"!= expected {rf.shape}, {rm.shape}")
+    err = max(float(np.max(np.abs(rf - fake_logit))), float(np.max(np.abs(rm - mask_logits))))
+    if err > atol:
+        return f"golden self-test: max abs error {err:.3g} > atol {atol:.3g}"
+    return None
