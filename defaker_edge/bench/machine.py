@@ -49,6 +49,14 @@ def ort_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def load_average() -> float | None:
+    """1-minute load average: other processes sharing the CPU inflate every latency measured."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_info() -> dict:
     try:
         usable = len(os.sched_getaffinity(0))
@@ -65,6 +73,7 @@ def machine_info() -> dict:
         "onnxruntime_providers": ort_providers(),
         "gpu": gpus[0] if gpus else None,
         "gpus": gpus,
+        "load_avg_start": load_average(),
     }
 
 

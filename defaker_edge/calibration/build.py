@@ -137,7 +137,7 @@ def build_calibration(cfg: CalibConfig) -> CalibResult:
     plan, warns = _select(samples, cfg, rng)
     spec = TileSpec(tile=cfg.tile, overlap=cfg.overlap)
     T = cfg.tile
-    tiles, labels, masks, domains, has_mask = [], [], [], [], []
+    tiles, labels, masks, domains, has_mask, origins_all, src_idx = [], [], [], [], [], [], []
     sources = []
     got: dict[tuple[str, int], int] = {}
     for s, k, _ in tqdm(plan, desc="calibration tiles", unit="img", leave=False):
@@ -160,6 +160,8 @@ def build_calibration(cfg: CalibConfig) -> CalibResult:
         labels += [s.label] * n
         domains += [s.domain] * n
         has_mask += [m is not None or s.label == 0] * n  # a real image's all-zero mask is ground truth
+        origins_all += pick
+        src_idx += [len(sources)] * n
         got[(s.domain, s.label)] = got.get((s.domain, s.label), 0) + n
         sources.append({"image": s.key or s.image, "sha256": sha256_file(s.image),
                         "mask_sha256": sha256_file(s.mask) if s.mask else None, "tiles": n})
@@ -184,13 +186,17 @@ def build_calibration(cfg: CalibConfig) -> CalibResult:
     arr_labels = np.asarray(labels, dtype=np.uint8)
     arr_domains = np.asarray(domains, dtype=np.str_)
     arr_has = np.asarray(has_mask, dtype=bool)
+    arr_origins = np.asarray(origins_all, dtype=np.int32).reshape(-1, 2)
+    arr_src = np.asarray(src_idx, dtype=np.int32)
     shards = []
     h = hashlib.sha256()
     for i, a in enumerate(range(0, len(all_tiles), SHARD_SIZE)):
         b = a + SHARD_SIZE
         name = f"calib-{i:05d}.npz"
         _zip_npz(out / name, {"tiles": all_tiles[a:b], "labels": arr_labels[a:b], "masks": all_masks[a:b],
-                              "domains": arr_domains[a:b], "has_mask": arr_has[a:b]})
+                              "domains": arr_domains[a:b], "has_mask": arr_has[a:b],
+                              # provenance: tile i is sources[source_index[i]] cut at origins[i] = (y0, x0)
+                              "origins": arr_origins[a:b], "source_index": arr_src[a:b]})
         digest = sha256_file(out / name)
         h.update(digest.encode())
         shards.append({"file": name, "sha256": digest, "n": int(min(b, len(all_tiles)) - a)})

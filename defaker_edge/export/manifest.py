@@ -122,6 +122,12 @@ def check_schema(m: dict[str, Any]) -> list[Problem]:
                     out.append(Problem(name, f"engine entry lacks metadata {miss or ['trt_version/compute_capability']}"))
         if not any(isinstance(f, dict) and f.get("precision") == "fp32" and f.get("format") == "onnx" for f in files):
             bad("no fp32 ONNX file: the full-precision fallback is missing")
+    g = m.get("golden")
+    if "golden" in m and not (isinstance(g, dict) and g.get("file") and isinstance(g.get("atol"), dict)):
+        bad(f"golden must be an object with file and atol, got {g!r}")
+    for k in ("calibration", "teacher", "metrics", "tools"):
+        if k in m and not isinstance(m[k], dict):
+            bad(f"{k} must be an object, got {type(m[k]).__name__}")
     out += [Problem(MANIFEST, f"thresholds: {p}") for p in check_thresholds(m.get("thresholds"))]
     return out
 

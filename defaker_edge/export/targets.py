@@ -8,6 +8,7 @@ decisions a real build takes.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import shutil
@@ -124,7 +125,7 @@ def detect_compute_capability() -> str | None:
     """
     for modname in ("cuda.bindings.runtime", "cuda.cudart"):
         try:
-            rt = __import__(modname, fromlist=["cudaGetDeviceProperties"])
+            rt = importlib.import_module(modname)
         except ImportError:
             continue
         try:

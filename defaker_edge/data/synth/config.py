@@ -66,8 +66,14 @@ class SynthResult:
     seconds: float = 0.0
     images_per_s: float = 0.0
     workers: int = 1
+    cpu_seconds: float = 0.0  # CPU time spent making images, summed over workers
+
+    @property
+    def images_per_cpu_s(self) -> float:
+        """Throughput of one core: what the run would reach per core on an idle machine."""
+        return self.n / max(self.cpu_seconds, 1e-9)
 
     def to_json(self) -> dict:
         return {"out": str(self.out), "manifest": str(self.manifest), "n": self.n, "counts": self.counts,
                 "seconds": round(self.seconds, 3), "images_per_s": round(self.images_per_s, 2),
-                "workers": self.workers}
+                "images_per_cpu_s": round(self.images_per_cpu_s, 2), "workers": self.workers}

@@ -1,0 +1,159 @@
+"""One image in, (fake_prob, mask) out, for one package variant on one backend.
+
+Two ways, behind one small interface so the bench can switch without touching its callers:
+- `DetectorPredictor`: the runtime's own `Detector` (what users run), with the full-precision
+  fallback turned off so a variant's accuracy is that variant's, not the FP32 model's.
+- `OnnxPredictor`: an ONNX Runtime session on the package's file, fed by the runtime's tiling
+  (`defaker_edge.runtime.tiling`). Used when the runtime is not importable (it is built in
+  parallel) or refuses the variant, and always for raw per-tile latency.
+Both return the same `Prediction`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MissingDependencyError
+from ..runtime.tiling import TileSpec, aggregate_logits, blend_window, cut_tiles, normalize, tile_origins
+
+log = logging.getLogger(__name__)
+
+# ORT provider names by the bench's short backend names.
+PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+             "ort-trt": "TensorrtExecutionProvider"}
+
+
+@dataclass
+class Prediction:
+    fake_prob: float
+    mask: np.ndarray  # float32 [H, W] probabilities
+    fallback: str | None = None  # why another path answered, if one did
+    timings: dict = field(default_factory=dict)
+
+
+def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
+
+
+def make_session(path: str | Path, provider: str = "CPUExecutionProvider", threads: int = 0):
+    """An ORT session that runs only on `provider` (plus CPU for ops the provider lacks); raises if
+    the provider is not available rather than silently measuring the CPU instead."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingDependencyError("onnxruntime", "the benchmark", "pip install onnxruntime") from None
+    if provider not in ort.get_available_providers():
+        raise RuntimeError(f"{provider} is not available in this onnxruntime build")
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
+    if threads > 0:
+        so.intra_op_num_threads = threads
+    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    ran = sess.get_providers()
+    if ran[0] != provider:
+        raise RuntimeError(f"session fell back to {ran[0]} instead of {provider}")
+    return sess
+
+
+def static_batch(sess) -> int | None:
+    """The model's batch size if it is fixed, None if dynamic."""
+    dim = sess.get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+class OnnxPredictor:
+    """Tiles -> ORT session -> max-aggregated image logit and blended mask, as the runtime does it."""
+
+    kind = "onnx-adapter"
+
+    def __init__(self, path: str | Path, *, tile: int, overlap: int, temperature: float = 1.0,
+                 provider: str = "CPUExecutionProvider", threads: int = 0, batch: int | None = None,
+                 session=None):
+        self.sess = session if session is not None else make_session(path, provider, threads)
+        self.spec = TileSpec(tile=tile, overlap=overlap)
+        self.temperature = temperature
+        fixed = static_batch(self.sess)
+        self.batch = fixed or batch  # None: all tiles of an image in one batch (what the runtime does)
+        self.in_name = self.sess.get_inputs()[0].name
+        self.out_names = [o.name for o in self.sess.get_outputs()]
+        self.window = blend_window(tile, overlap)
+
+    def run_tiles(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 [N,3,T,T] -> (fake_logit [N], mask_logits [N,1,t,t]), chunked by the batch size."""
+        bs = self.batch or len(x)
+        logits, masks = [], []
+        for i in range(0, len(x), bs):
+            fl, ml = self.sess.run(self.out_names[:2], {self.in_name: x[i:i + bs]})
+            logits.append(np.asarray(fl).reshape(-1))
+            masks.append(np.asarray(ml))
+        return np.concatenate(logits), np.concatenate(masks)
+
+    def check(self, img: np.ndarray) -> Prediction:
+        from PIL import Image  # bilinear upsampling of float maps; Pillow is a core dependency
+
+        t0 = time.perf_counter()
+        h, w = img.shape[:2]
+        T = self.spec.tile
+        origins = tile_origins(h, w, self.spec)
+        x = normalize(cut_tiles(img, origins, T))
+        t1 = time.perf_counter()
+        fl, ml = self.run_tiles(x)
+        t2 = time.perf_counter()
+        acc = np.zeros((h, w), np.float32)
+        wsum = np.zeros((h, w), np.float32)
+        for (y, x0), m in zip(origins, ml):
+            up = np.asarray(Image.fromarray(m[0].astype(np.float32)).resize((T, T), Image.BILINEAR))
+            hh, ww = min(T, h - y), min(T, w - x0)
+            acc[y:y + hh, x0:x0 + ww] += up[:hh, :ww] * self.window[:hh, :ww]
+            wsum[y:y + hh, x0:x0 + ww] += self.window[:hh, :ww]
+        mask = _sigmoid(acc / np.maximum(wsum, 1e-6)).astype(np.float32)
+        prob = float(_sigmoid(aggregate_logits(fl) / self.temperature))
+        t3 = time.perf_counter()
+        return Prediction(prob, mask, None, {"preprocess_ms": (t1 - t0) * 1e3, "model_ms": (t2 - t1) * 1e3,
+                                             "postprocess_ms": (t3 - t2) * 1e3, "tiles": len(origins)})
+
+
+class DetectorPredictor:
+    """The runtime's Detector for one precision on one ORT provider, fallback='never', so the
+    answer always comes from this variant (an image inside the uncertainty band is answered by
+    the variant too, not re-run at FP32)."""
+
+    kind = "detector"
+
+    def __init__(self, package: str | Path, *, precision: str, provider: str = "CPUExecutionProvider",
+                 threads: int = 0):
+        from ..runtime import Detector  # ImportError when the runtime is not there
+
+        self.det = Detector.load(str(package), backend="onnxruntime", precision=precision, providers=[provider],
+                                 fallback="never", threads=threads or None, mask_dtype="float32")
+        got = self.det.backend.precision
+        if got != precision:
+            raise RuntimeError(f"Detector loaded precision {got!r}, asked for {precision!r}")
+        self.session = getattr(self.det.backend, "session", None)
+
+    def check(self, img: np.ndarray) -> Prediction:
+        v = self.det.check(img)
+        return Prediction(float(v.fake_prob), np.asarray(v.mask, dtype=np.float32), v.fallback,
+                          dict(v.timings or {}, tiles=v.n_tiles))
+
+
+def make_predictor(package, variant, *, provider: str, tile: int, overlap: int, temperature: float,
+                   threads: int = 0, prefer_detector: bool = True):
+    """The runtime's Detector if it loads this variant, else the ONNX adapter. Returns (predictor, note)."""
+    note = None
+    if prefer_detector:
+        try:
+            return DetectorPredictor(package, precision=variant.precision, provider=provider, threads=threads), None
+        except ImportError as e:
+            note = f"runtime Detector not importable ({e}); ONNX adapter used"
+        except Exception as e:  # the runtime may refuse a variant (e.g. a golden mismatch): say so, measure raw
+            note = f"Detector refused {variant.precision}: {type(e).__name__}: {e}; ONNX adapter used"
+        log.info(note)
+    return OnnxPredictor(variant.path, tile=tile, overlap=overlap, temperature=temperature,
+                         provider=provider, threads=threads), note

@@ -1,0 +1,214 @@
+"""Latency, throughput and peak memory, one variant per subprocess.
+
+Why a subprocess per (variant, backend): peak RSS (VmHWM) is a per-process high-water mark, so
+two models measured in one process would mix; a crash in one (an FP8 Q/DQ graph an ORT build
+cannot run, say) costs that row only; and the teacher's gigabytes are returned to the OS before
+the student is timed. The worker (`python -m defaker_edge.bench._worker`) reads a job (JSON) on
+stdin, runs `measure_onnx` or `measure_teacher` and prints one `BENCH_RESULT {json}` line on stdout.
+
+What is timed, after warm-up:
+- per tile: one normalized T x T tile, batch 1, `session.run` only;
+- per image: a seeded 1024 x 1024 RGB array through `Detector.check` (the runtime's tiling,
+  batching, aggregation and full-size mask stitching; no file decoding), or the bench's ONNX
+  adapter doing the same steps when the Detector cannot load the variant;
+- throughput: tiles/s at each batch size, the best reported.
+A seeded noise image is used: a static-shape network's cost does not depend on pixel values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+RESULT_TAG = "BENCH_RESULT "
+
+
+def percentiles(samples_ms: list[float]) -> dict:
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        return {"n": 0}
+    return {"n": int(a.size), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "min": float(a.min()),
+            "max": float(a.max())}
+
+
+def _proc_status_mb(key: str) -> float | None:
+    """VmHWM (peak) or VmRSS (now) of this process in MiB; getrusage as the fallback for the peak."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    if key == "VmHWM":
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    return None
+
+
+def _timed(fn, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def bench_image(size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def measure_onnx(job: dict) -> dict:
+    """Runs inside the worker: one ONNX file on one ORT provider.
+
+    Per image goes through the runtime's Detector (fallback='never', so this variant answers)
+    when it loads; otherwise through the bench's ONNX adapter, and the row says why. The per-tile
+    and throughput runs use the same ORT session, so the peak RSS is one model's.
+    """
+    from ..runtime.tiling import normalize
+    from .adapter import DetectorPredictor, OnnxPredictor, make_session, static_batch
+
+    base = _proc_status_mb("VmRSS")
+    T, runs, warmup = int(job["tile"]), int(job["runs"]), int(job["warmup"])
+    threads = int(job.get("threads", 0))
+    t0 = time.perf_counter()
+    pred, via_note = None, None
+    if job.get("package") and job.get("use_detector", True):
+        try:
+            pred = DetectorPredictor(job["package"], precision=job["precision"], provider=job["provider"],
+                                     threads=threads)
+            if pred.session is None:
+                raise RuntimeError("the Detector's backend exposes no ORT session")
+        except Exception as e:  # measured through the adapter instead; the row records why
+            pred, via_note = None, f"Detector: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    if pred is not None:
+        sess = pred.session
+    else:
+        sess = make_session(job["path"], job["provider"], threads)
+        pred = OnnxPredictor(job["path"], tile=T, overlap=int(job["overlap"]),
+                             temperature=float(job.get("temperature", 1.0)), session=sess)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    rng = np.random.default_rng(int(job.get("seed", 0)))
+    fixed = static_batch(sess)
+    in_name = sess.get_inputs()[0].name
+    outs = [o.name for o in sess.get_outputs()]
+
+    def tiles(b: int) -> np.ndarray:
+        return normalize(rng.integers(0, 256, (b, T, T, 3), dtype=np.uint8))
+
+    x1 = tiles(1)
+    per_tile = _timed(lambda: sess.run(outs, {in_name: x1}), runs, warmup)
+    img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
+    n_tiles = 0
+
+    def one_image():
+        nonlocal n_tiles
+        n_tiles = pred.check(img).timings.get("tiles", 0)
+
+    per_image = _timed(one_image, runs, warmup)
+    by_batch: dict[str, float] = {}
+    t_runs = max(2, int(job.get("throughput_runs", max(3, runs // 5))))
+    for b in job.get("batches", [1, 2, 4, 8]):
+        if fixed and b != fixed:
+            continue
+        xb = tiles(int(b))
+        ms = _timed(lambda: sess.run(outs, {in_name: xb}), t_runs, 1)
+        by_batch[str(b)] = float(b) / (float(np.median(ms)) / 1e3)
+    best = max(by_batch, key=by_batch.get) if by_batch else None
+    return {"status": "ok", "provider_ran": sess.get_providers()[0], "load_ms": load_ms,
+            "per_image_via": pred.kind, "per_image_via_note": via_note,
+            "detector_batch_size": getattr(getattr(pred, "det", None), "batch_size", None),
+            "tiles_per_image": n_tiles, "per_tile_ms": percentiles(per_tile), "per_image_ms": percentiles(per_image),
+            "throughput": {"best_batch": int(best) if best else None,
+                           "tiles_per_s": by_batch[best] if best else None, "by_batch": by_batch,
+                           "runs_per_batch": t_runs},
+            "static_batch": fixed, "baseline_rss_mb": base, "peak_rss_mb": _proc_status_mb("VmHWM")}
+
+
+def measure_teacher(job: dict) -> dict:
+    """Runs inside the worker: the teacher (torch) on one 1024 x 1024 image, `runs` times."""
+    import torch
+    from tqdm import tqdm
+
+    from .teacher_adapter import load_teacher_for_bench
+
+    threads = int(job.get("threads", 0))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    base = _proc_status_mb("VmRSS")
+    device = job.get("device", "cpu")
+    t0 = time.perf_counter()
+    teacher, info = load_teacher_for_bench(job["spec"], device=device, dtype=job.get("dtype", "fp32"))
+    load_ms = (time.perf_counter() - t0) * 1e3
+    img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
+    runs, warmup = int(job["runs"]), int(job["warmup"])
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    times = []
+    with torch.inference_mode():
+        for i in tqdm(range(warmup + runs), desc=f"teacher {job['spec']} ({device})", file=sys.stderr):
+            sync()
+            t = time.perf_counter()
+            teacher.predict(img)
+            sync()
+            if i >= warmup:
+                times.append((time.perf_counter() - t) * 1e3)
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    return {"status": "ok", "provider_ran": f"torch-{device}", "load_ms": load_ms, "per_image_ms": percentiles(times),
+            "per_tile_ms": None, "tiles_per_image": None, "throughput": None, "baseline_rss_mb": base,
+            "peak_rss_mb": _proc_status_mb("VmHWM"), "gpu_peak_mb": gpu_mb, **info}
+
+
+def run_job(job: dict, timeout_s: float, stream_stderr: bool = False) -> dict:
+    """Run one job in a fresh interpreter; a crash, a timeout or no result becomes a failed row."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "defaker_edge.bench._worker"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    tail: deque[str] = deque(maxlen=20)
+
+    def relay():  # keep the last lines for the reason; show progress bars live when asked
+        for line in proc.stderr:
+            tail.append(line.rstrip())
+            if stream_stderr:
+                sys.stderr.write(line)
+
+    out_lines: list[str] = []
+
+    def collect():
+        out_lines.extend(proc.stdout)
+
+    threads = [threading.Thread(target=relay, daemon=True), threading.Thread(target=collect, daemon=True)]
+    for th in threads:
+        th.start()
+    proc.stdin.write(json.dumps(job))
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return {"status": "failed", "reason": f"timed out after {timeout_s:.0f} s"}
+    for th in threads:
+        th.join(timeout=5)
+    out = "".join(out_lines)
+    for line in reversed(out.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG):])
+    last = next((ln for ln in reversed(tail) if ln.strip()), "")
+    return {"status": "failed", "reason": f"worker exited with code {proc.returncode} and no result: {last[:300]}"}

@@ -1,0 +1,100 @@
+"""pareto.png (latency vs AUC and vs pixel F1) and robustness.png, drawn from report.json alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display; must precede pyplot's import
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_points(report: dict) -> list[dict]:
+    """One point per (variant, backend) with both a latency and an accuracy; accuracy was measured on
+    one backend (report['accuracy_backend']) and is shared by the variant's rows on other backends."""
+    acc = {r["variant"]: r.get("headline") or {} for r in report.get("accuracy", []) if r.get("status") == "ok"}
+    pts = []
+    for r in report.get("latency", []):
+        p50 = (r.get("per_image_ms") or {}).get("p50") if r.get("status") == "ok" else None
+        h = acc.get(r["variant"])
+        if p50 is None or not h:
+            continue
+        pts.append({"label": f"{r['variant']} / {r.get('backend')}", "p50_ms": p50,
+                    "image_auc": h.get("image_auc"), "pixel_f1": h.get("pixel_f1")})
+    return pts
+
+
+def pareto_plot(report: dict, path: str | Path) -> Path:
+    plt = _plt()
+    pts = pareto_points(report)
+    plotted = {p["label"] for p in pts}
+    teachers = [{"label": f"{r['variant']} / {r.get('backend')}", "p50_ms": r["per_image_ms"]["p50"]}
+                for r in report.get("latency", []) if r.get("kind") == "teacher" and r.get("status") == "ok"
+                and (r.get("per_image_ms") or {}).get("p50") and f"{r['variant']} / {r.get('backend')}" not in plotted]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, name in ((axes[0], "image_auc", "image AUC"), (axes[1], "pixel_f1", "pixel F1 @0.5")):
+        shown = [p for p in pts if p[key] is not None]
+        for p in shown:
+            ax.scatter(p["p50_ms"], p[key], s=40)
+            ax.annotate(p["label"], (p["p50_ms"], p[key]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        xs = [p["p50_ms"] for p in shown] + [t["p50_ms"] for t in teachers]
+        if xs and max(xs) / max(min(xs), 1e-9) > 5:  # log only when it spans a range; else labels clutter
+            ax.set_xscale("log")
+        for t in teachers:  # timed, accuracy not measured (random weights): a line, not a point
+            ax.axvline(t["p50_ms"], ls="--", color="grey", lw=1)
+            ax.annotate(f"{t['label']}\n(accuracy N/A)", (t["p50_ms"], 0.05), fontsize=7, rotation=90,
+                        xytext=(-10, 0), textcoords="offset points", ha="right", va="bottom")
+        if not shown:
+            ax.text(0.5, 0.5, "no variant with both latency and accuracy", ha="center", transform=ax.transAxes)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel(f"p50 latency per {report['config']['image_size']}² image (ms, log)")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+    title = f"latency vs accuracy — {report['package']['model_id']}, {report['machine'].get('cpu_cores_usable')}-core " \
+            f"CPU{', ' + report['machine']['gpu'] if report['machine'].get('gpu') else ''}"
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def robustness_plot(report: dict, path: str | Path) -> Path | None:
+    rb = report.get("robustness") or {}
+    rows = rb.get("rows") or []
+    if not rows:
+        return None
+    plt = _plt()
+    kinds = list(dict.fromkeys(r["perturbation"] for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, axes = plt.subplots(2, len(kinds), figsize=(3.2 * len(kinds), 6), squeeze=False)
+    clean = {r["variant"]: r.get("headline") or {} for r in report.get("accuracy", []) if r.get("status") == "ok"}
+    for j, kind in enumerate(kinds):
+        for i, key in enumerate(("image_auc", "pixel_f1")):
+            ax = axes[i][j]
+            for v in variants:
+                pts = sorted((r["level"], r.get(key)) for r in rows if r["variant"] == v and r["perturbation"] == kind)
+                xs = [x for x, y in pts if y is not None]
+                ys = [y for x, y in pts if y is not None]
+                line = ax.plot(xs, ys, marker="o", label=v)[0]
+                if clean.get(v, {}).get(key) is not None:
+                    ax.axhline(clean[v][key], ls=":", color=line.get_color(), lw=1)
+            ax.set_title(f"{kind}", fontsize=9)
+            ax.set_ylim(0.0, 1.02)
+            ax.set_xlabel({"jpeg": "quality", "blur": "kernel", "noise": "sigma", "resize": "factor"}.get(kind, kind))
+            if j == 0:
+                ax.set_ylabel({"image_auc": "image AUC", "pixel_f1": "pixel F1"}[key])
+            ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("robustness (dotted: clean)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,198 @@
+"""report.json's schema version, the ratios and targets derived from its rows, and report.md.
+
+The schema is documented in bench/README.md ("report.json"). Bump SCHEMA_VERSION on any change
+that renames or re-means a key; adding a key does not bump it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .machine import describe
+
+FORMAT = "defaker-bench/1"
+SCHEMA_VERSION = 1
+
+# The project's targets (the benchmark issue); checked against this run's own rows.
+TARGET_TEACHER_SPEEDUP = 100.0
+TARGET_INT8_VS_FP32 = 1.3
+TARGET_INT8_IMAGE_MS = 150.0
+REAL_SIZE_TEACHER = "defakerone-2b"
+
+
+def _p50(row: dict | None) -> float | None:
+    if not row or row.get("status") != "ok":
+        return None
+    return (row.get("per_image_ms") or {}).get("p50")
+
+
+def _find(rows: list[dict], variant: str, backend: str | None = None) -> dict | None:
+    for r in rows:
+        if r["variant"] == variant and (backend is None or r.get("backend") == backend):
+            return r
+    return None
+
+
+def _ratio(name: str, num: dict | None, den: dict | None, what: str) -> dict:
+    a, b = _p50(num), _p50(den)
+    out = {"name": name, "what": what, "basis": "p50 latency per image, both measured in this run",
+           "numerator": {"variant": num and num["variant"], "backend": num and num.get("backend"), "p50_ms": a},
+           "denominator": {"variant": den and den["variant"], "backend": den and den.get("backend"), "p50_ms": b}}
+    out["ratio"] = a / b if a and b else None
+    if out["ratio"] is None:
+        out["reason"] = "not measured: " + ", ".join(
+            f"{r['variant']} on {r.get('backend')}: {r.get('status')} ({r.get('reason')})" if r else "row absent"
+            for r in (num, den) if _p50(r) is None)
+    return out
+
+
+def speedups_and_targets(report: dict, int8: str | None) -> dict:
+    lat = report["latency"]
+    cpu = "ort-cpu"
+    teachers = [r for r in lat if r["kind"] == "teacher"]
+    big = next((r for r in teachers if r["variant"] == f"teacher:{REAL_SIZE_TEACHER}"), None)
+    teacher = big or (teachers[0] if teachers else None)
+    sp = []
+    if teacher is not None:
+        for v in [p for p in ("int8", "int8-cpu") if _find(lat, p)]:
+            stu = _find(lat, v, cpu) or _find(lat, v)
+            sp.append(_ratio(f"teacher_vs_{v}", teacher, stu, f"{teacher['variant']} ({teacher.get('backend')}, "
+                             f"{teacher.get('precision')}) per image / student {v}: how many times faster the student is"))
+    if int8:
+        sp.append(_ratio(f"fp32_vs_{int8}_cpu", _find(lat, "fp32", cpu), _find(lat, int8, cpu),
+                         f"student fp32 / {int8} on ONNX Runtime CPU: the INT8 speedup"))
+    if _find(lat, "fp16"):
+        gpu = next((b for b in ("ort-trt", "ort-cuda") if _p50(_find(lat, "fp16", b))), None)
+        if gpu:
+            sp.append(_ratio("fp32_vs_fp16_gpu", _find(lat, "fp32", gpu), _find(lat, "fp16", gpu),
+                             f"student fp32 / fp16 on {gpu}"))
+    by = {s["name"]: s for s in sp}
+    targets = []
+    t_int8 = by.get(f"teacher_vs_{int8}") if int8 else None
+    targets.append(_target("student INT8 vs the 2B teacher, per 1024x1024 image", ">=", TARGET_TEACHER_SPEEDUP,
+                           t_int8["ratio"] if t_int8 and big else None, "x",
+                           None if big else "the defakerone-2b preset was not timed (--teacher-preset defakerone-2b "
+                                            "--random-weights)"))
+    s = by.get(f"fp32_vs_{int8}_cpu") if int8 else None
+    targets.append(_target("CPU INT8 vs FP32 (ONNX Runtime CPU)", ">=", TARGET_INT8_VS_FP32,
+                           s["ratio"] if s else None, "x", None if int8 else "the package has no INT8 file"))
+    r = _find(lat, int8, cpu) if int8 else None
+    size = report["config"]["image_size"]
+    cores = report["machine"].get("cpu_cores_usable")
+    targets.append(_target(f"INT8 package, one {size}x{size} image on this CPU ({cores} cores), p50", "<=",
+                           TARGET_INT8_IMAGE_MS, _p50(r), "ms",
+                           None if size == 1024 else "the target is defined for 1024x1024", applicable=size == 1024))
+    return {"speedups": sp, "targets": targets}
+
+
+def _target(name: str, op: str, target: float, measured: float | None, unit: str, note: str | None,
+            applicable: bool = True) -> dict:
+    """passed: True/False when measured here and the target applies to what was measured, else None."""
+    passed = None
+    if measured is not None and applicable:
+        passed = measured >= target if op == ">=" else measured <= target
+    return {"name": name, "op": op, "target": target, "unit": unit, "measured": measured, "passed": passed,
+            "note": note}
+
+
+# ---------------------------------------------------------------- markdown
+
+def _f(x, nd: int = 1, unit: str = "") -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}{unit}"
+    return f"{x}{unit}"
+
+
+def _mb(n) -> str:
+    return "—" if n is None else f"{n / 2**20:.2f}"
+
+
+def _via_note(rows: list[dict]) -> str:
+    adapter = [f"{r['variant']}/{r.get('backend')}" for r in rows if r.get("per_image_via") == "onnx-adapter"]
+    bs = {r.get("detector_batch_size") for r in rows if r.get("detector_batch_size")}
+    out = f" (runtime tile batch {', '.join(map(str, sorted(bs)))})" if bs else ""
+    if adapter:
+        out += f"; the Detector did not load {', '.join(adapter)}, so the bench's ONNX adapter (same steps) timed them"
+    return out
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    pkg = report["package"]
+    lines = [f"# DeFakerOne-Edge benchmark", "",
+             f"- machine: {describe(m)}; ONNX Runtime providers: {', '.join(m.get('onnxruntime_providers') or [])}",
+             f"- package: `{pkg['path']}` ({pkg['model_id']}, tile {pkg['tile']}, overlap {pkg['overlap']}, "
+             f"threshold {_f(pkg['threshold'], 3)}), manifest sha256 `{pkg['manifest_sha256'][:12]}`",
+             f"- created {report['created']}; schema {report['format']} v{report['schema_version']}", ""]
+    loads = [x for x in (m.get("load_avg_start"), m.get("load_avg_end")) if x is not None]
+    cores = m.get("cpu_cores_usable") or m.get("cpu_cores") or 1
+    if loads and max(loads) > 0.75 * cores:
+        lines[-1:-1] = [f"- **the CPU was shared during this run** (1-min load average {max(loads):.1f} on {cores} "
+                        "cores): CPU latencies are inflated; rerun on an idle machine for final numbers"]
+    d = report.get("data")
+    if d:
+        lines += [f"- data: `{d['path']}`: {d['n']} images ({d['n_fake']} fake, {d['n_with_mask']} with masks), "
+                  f"domains {d['domains']}", ""]
+    lines += ["## Latency", "",
+              "Per image: a seeded " + f"{report['config']['image_size']}² RGB array through `Detector.check` (the "
+              "runtime's tiling, tile batches, aggregation and full-size mask; no decoding; fallback off), one image "
+              "at a time" + _via_note(report["latency"]) + ". Per tile: one tile, batch 1, the model alone. "
+              "p50/p90/p99 over the runs after warm-up; each row measured in its own process.", "",
+              "| variant | backend | status | runs | image p50 ms | p90 | p99 | tiles | tile p50 ms | tiles/s (batch) "
+              "| peak RSS MiB | GPU MiB | size MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["latency"]:
+        pi, pt, th = r.get("per_image_ms") or {}, r.get("per_tile_ms") or {}, r.get("throughput") or {}
+        status = r.get("status") if r.get("status") == "ok" else f"{r.get('status')}: {r.get('reason')}"
+        tput = f"{_f(th.get('tiles_per_s'))} ({th.get('best_batch')})" if th.get("tiles_per_s") else "—"
+        lines.append(f"| {r['variant']} | {r.get('backend')} | {status} | {r.get('runs')} | {_f(pi.get('p50'))} | "
+                     f"{_f(pi.get('p90'))} | {_f(pi.get('p99'))} | {_f(r.get('tiles_per_image'))} | {_f(pt.get('p50'), 2)} | "
+                     f"{tput} | {_f(r.get('peak_rss_mb'), 0)} | {_f(r.get('gpu_peak_mb'), 0)} | {_mb(r.get('model_bytes'))} |")
+    lines += ["", f"## Accuracy (on {report.get('accuracy_backend')})", "",
+              "| variant | status | via | AUC | bal. acc | pixel F1 | best F1 | IoU | same decision vs fp32 | mean abs dprob vs fp32 "
+              "| same decision vs teacher | fallbacks |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["accuracy"]:
+        h = r.get("headline") or {}
+        ag = r.get("agreement") or {}
+        f32, te = ag.get("vs_fp32") or {}, ag.get("vs_teacher") or {}
+        status = r.get("status") if r.get("status") == "ok" else f"{r.get('status')}: {r.get('reason')}"
+        lines.append(f"| {r['variant']} | {status} | {r.get('via', '—')} | {_f(h.get('image_auc'), 3)} | "
+                     f"{_f(h.get('balanced_acc'), 3)} | {_f(h.get('pixel_f1'), 3)} | {_f(h.get('pixel_f1_best'), 3)} | "
+                     f"{_f(h.get('pixel_iou'), 3)} | {_f(f32.get('same_decision'), 3)} | {_f(f32.get('mean_abs_dprob'), 4)} | "
+                     f"{_f(te.get('same_decision'), 3)} | {_f(r.get('n_fallback'))} |")
+    per_dom = [(r["variant"], dom, v) for r in report["accuracy"] if r.get("metrics")
+               for dom, v in r["metrics"].get("per_domain", {}).items()]
+    if per_dom:
+        lines += ["", "Per domain:", "", "| variant | domain | n | AUC | bal. acc | pixel F1 | IoU |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {v} | {dom} | {x.get('n')} | {_f(x.get('image_auc'), 3)} | {_f(x.get('balanced_acc'), 3)} | "
+                  f"{_f(x.get('pixel_f1'), 3)} | {_f(x.get('pixel_iou'), 3)} |" for v, dom, x in per_dom]
+    lines += ["", "## Speedups (ratios of p50 per image, measured in this run)", ""]
+    for s in report.get("speedups", []):
+        lines.append(f"- **{s['name']}**: {_f(s['ratio'], 2, 'x')} — {s['what']}"
+                     + (f" ({s['reason']})" if s.get("reason") else ""))
+    lines += ["", "## Targets", "", "| target | measured | pass |", "|---|---|---|"]
+    for t in report.get("targets", []):
+        ok = {True: "yes", False: "**no**", None: "not measured"}[t["passed"]]
+        lines.append(f"| {t['name']} {t['op']} {t['target']:g}{t['unit']} | {_f(t['measured'], 1, t['unit'])} | {ok}"
+                     + (f" ({t['note']})" if t.get("note") else "") + " |")
+    rb = report.get("robustness")
+    if rb and rb.get("rows"):
+        lines += ["", f"## Robustness (on {rb.get('backend')})", "",
+                  "| variant | perturbation | level | AUC | pixel F1 | bal. acc |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['perturbation']} | {r['level']:g} | {_f(r.get('image_auc'), 3)} | "
+                  f"{_f(r.get('pixel_f1'), 3)} | {_f(r.get('balanced_acc'), 3)} |" for r in rb["rows"]]
+    cmp_ = report.get("compare")
+    if cmp_:
+        from .compare import compare_markdown
+
+        lines += ["", compare_markdown(cmp_)]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(report: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(markdown(report), encoding="utf-8")
+    return path

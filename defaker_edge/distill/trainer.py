@@ -1,0 +1,255 @@
+"""The distillation trainer: `distill(DistillConfig) -> DistillResult`.
+
+One process or many (torchrun, DDP). The global batch is the same tiles whatever the world size:
+rank r takes items [r*b, (r+1)*b) of the step's global batch (data.py seeds each item by step and
+index), so a 2-process run follows the 1-process loss curve. Checkpoints hold weights, optimizer,
+scheduler and the loss history; `resume` continues from the last one with the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from ..artifacts import sha256_file, tool_versions, utc_now, write_json
+from ..data import Sample, load_dataset
+from ..errors import ArtifactError, DefakerError
+from ..student import StudentConfig, build_student, save_student
+from ..student.flops import count_flops
+from . import ddp
+from .data import AugConfig, ImageStore, TileSampler
+from .evaluate import evaluate, headline
+from .losses import LossWeights, distill_loss
+from .targets import CacheTargets, OnlineTeacherTargets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillConfig:
+    data: str
+    out: str
+    student: str = "compact"
+    teacher: str | None = None  # directory or preset name, run online
+    cache: str | None = None  # a TeacherCache directory (instead of --teacher)
+    steps: int = 1200
+    tile: int = 512  # the saved/exported tile
+    crop: int = 256  # the training crop (fully convolutional: a smaller crop costs less CPU)
+    batch: int = 16  # global batch, split over DDP ranks
+    lr: float = 4e-3
+    weight_decay: float = 1e-4
+    warmup: int = 30
+    seed: int = 0
+    resume: bool = False
+    ckpt_every: int = 100
+    stop_at: int | None = None  # stop after this step (checkpointed); continue with resume
+    threads: int | None = None  # torch intra-op threads per process (default: cores / ranks)
+    eval_max: int = 300  # held-out images evaluated at the end (0: skip)
+    weights: LossWeights = field(default_factory=LossWeights)
+    aug: AugConfig = field(default_factory=AugConfig)
+
+
+@dataclass
+class DistillResult:
+    out: Path
+    report: dict[str, Any]
+
+
+class _Train(nn.Module):
+    """Student + optional feature adapter under one module, so DDP syncs both."""
+
+    def __init__(self, student: nn.Module, adapter: nn.Module | None):
+        super().__init__()
+        self.student = student
+        self.adapter = adapter
+        self._feat: torch.Tensor | None = None
+        if adapter is not None:
+            last = student.stages[-1] if hasattr(student, "stages") else student.encoder.layer[-1]
+            last.register_forward_hook(lambda m, i, o: setattr(self, "_feat", o))
+
+    def forward(self, x):
+        logit, mask = self.student(x)
+        feat = None
+        if self.adapter is not None:
+            f = self._feat
+            f = f.mean((2, 3)) if f.dim() == 4 else f.mean(1)
+            feat = self.adapter(f)
+        return logit, mask, feat
+
+
+def split_samples(data: str) -> tuple[list[Sample], list[Sample], str]:
+    samples = load_dataset(data)
+    train = [s for s in samples if s.split == "train"] or [s for s in samples if s.split is None]
+    for name in ("test", "val"):
+        held = [s for s in samples if s.split == name]
+        if held:
+            return train, held, name
+    log.warning("%s has no val/test split: the report's metrics are on the training images", data)
+    return train, train, "train"
+
+
+def _targets(cfg: DistillConfig, teacher: Any):
+    feats = cfg.weights.feat > 0
+    if teacher is not None:
+        return OnlineTeacherTargets(teacher, feats)
+    if cfg.cache:
+        return CacheTargets(cfg.cache)
+    if cfg.teacher:
+        from ..teacher import load_teacher  # the teacher stage
+
+        return OnlineTeacherTargets(load_teacher(cfg.teacher), feats)
+    log.warning("no teacher and no cache: training on ground truth only")
+    return None
+
+
+def _teacher_dir(spec: str | None) -> Path | None:
+    """The teacher's checkpoint dir (a dir, or a preset that names one, e.g. `reference`), else None."""
+    if not spec:
+        return None
+    if os.path.isdir(spec):
+        return Path(spec)
+    try:
+        from ..teacher import resolve_teacher_spec
+
+        p = resolve_teacher_spec(spec)
+    except Exception:  # an unknown preset is reported by load_teacher, with its own message
+        return None
+    return Path(p) if isinstance(p, Path) and p.is_dir() else None
+
+
+def _schedule(cfg: DistillConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
+    """Train a student from the teacher (online or cached) plus ground truth; write the student dir."""
+    d = ddp.init_distributed()
+    if cfg.batch % d.world:
+        raise DefakerError(f"--batch {cfg.batch} must be divisible by the number of processes ({d.world})")
+    if cfg.crop % 32 or cfg.crop > cfg.tile:
+        raise DefakerError(f"--crop must be a multiple of 32 and <= --tile, got {cfg.crop}")
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // d.world))
+    out = Path(cfg.out)
+    ckpt = out / "checkpoint" / "state.pt"
+    train, held, held_name = split_samples(cfg.data)
+    targets = _targets(cfg, teacher)
+
+    scfg = StudentConfig.preset(cfg.student, tile=cfg.tile)
+    tdir = _teacher_dir(cfg.teacher)
+    if scfg.family == "pruned-teacher" and tdir is not None:
+        from ..student.teacher_init import teacher_vision_dims
+
+        dims = teacher_vision_dims(tdir)
+        n = dims["layers"]
+        scfg.dim, scfg.heads, scfg.mlp = dims["dim"], [dims["heads"]] * n, [dims["mlp"]] * n
+        scfg.head_dim, scfg.init_from = dims["dim"] // dims["heads"], str(tdir)
+    torch.manual_seed(cfg.seed)
+    student = build_student(scfg).to(d.device)
+    store = ImageStore(train, targets)
+    adapter = None
+    if cfg.weights.feat > 0:
+        t0 = store.get(0)[2]
+        if t0 is None or t0.features is None:
+            raise DefakerError("feature KD (--w feat=X) needs teacher features: an online --teacher, "
+                               "or a cache made with --features")
+        sdim = scfg.widths[-1] if scfg.family == "compact" else scfg.dim
+        adapter = nn.Linear(sdim, int(t0.features.shape[-1]))
+    net = _Train(student, adapter).to(d.device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    history: list[dict[str, float]] = []
+    start = 0
+    if cfg.resume and ckpt.is_file():
+        st = torch.load(ckpt, map_location=d.device, weights_only=False)
+        net.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        history, start = st["history"], st["step"]
+        log.info("resumed from %s at step %d", ckpt, start)
+    elif cfg.resume:
+        log.warning("--resume: no checkpoint at %s, starting fresh", ckpt)
+    model = nn.parallel.DistributedDataParallel(net) if d.enabled else net
+    sampler = TileSampler(store, cfg.crop, cfg.seed, cfg.aug)
+    local = cfg.batch // d.world
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    t_start = time.time()
+    net.train()
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="distill", disable=not d.main,
+               dynamic_ncols=True)
+    for step in bar:
+        b = {k: v.to(d.device) for k, v in sampler.batch(step, d.rank * local, local).items()}
+        logit, mask, feat = model(b["x"])
+        loss, parts = distill_loss(logit, mask, b, cfg.weights, feat,
+                                   global_sum=(lambda t: ddp.mean_of_sums(t, d)) if d.enabled else None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        sched.step()
+        lval = float(ddp.all_mean(loss.detach(), d))
+        history.append({"step": step + 1, "loss": lval, "lr": opt.param_groups[0]["lr"], **parts})
+        bar.set_postfix(loss=f"{lval:.4f}")
+        if d.main and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == end):
+            _save_ckpt(ckpt, net, opt, sched, history, step + 1)
+    bar.close()
+    train_s = time.time() - t_start
+    report: dict[str, Any] = {}
+    if d.main:
+        if end < cfg.steps:
+            log.info("stopped at step %d of %d; continue with --resume", end, cfg.steps)
+        report = _report(cfg, scfg, student, targets, held, held_name, history, train_s, d.world)
+        save_student(student, scfg, out, report=report,
+                     extra={"distill": {"teacher": cfg.teacher, "cache": cfg.cache, "steps": end}})
+    ddp.barrier(d)
+    ddp.shutdown(d)
+    return DistillResult(out, report)
+
+
+def _save_ckpt(path: Path, net, opt, sched, history, step: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "history": history, "step": step}, tmp)
+    os.replace(tmp, path)
+
+
+def _report(cfg, scfg, student, targets, held, held_name, history, train_s, world) -> dict[str, Any]:
+    student.eval()
+    flops = count_flops(student, scfg.tile)
+    val = None
+    if cfg.eval_max:
+        val = evaluate(student, held[:cfg.eval_max], scfg.tile, targets, desc=f"eval {held_name}")
+        val["split"] = held_name
+    data_path = Path(cfg.data)
+    manifest = data_path if data_path.is_file() else data_path / "manifest.jsonl"
+    return {
+        "format": "defaker-distill-report/1",
+        "created": utc_now(),
+        "student": {"preset": scfg.preset, "family": scfg.family, "tile": scfg.tile, **flops},
+        "teacher": {"spec": cfg.teacher, "cache": cfg.cache},
+        "data": {"manifest": str(cfg.data), "sha256": sha256_file(manifest) if manifest.is_file() else None,
+                 "n_held_out": len(held)},
+        "recipe": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "teacher", "cache", "resume")},
+        "seed": cfg.seed,
+        "world_size": world,
+        "train_seconds": round(train_s, 1),
+        "metrics": headline(val),  # student's and teacher's image_auc / pixel_f1 on the held-out split
+        "losses": history,
+        "val": val,
+        "tools": tool_versions(),
+    }

@@ -1,0 +1,349 @@
+"""The package writer (student + quantized variants -> PACKAGE/) and its verifier.
+
+A package is written into a temporary sibling directory, verified, and only then renamed into
+place: a failed export never leaves a half package where the runtime would find it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..artifacts import read_json, sha256_file, tool_versions, utc_now, write_json
+from ..errors import ArtifactError, DefakerError
+from ..runtime.tiling import MEAN, STD, TileSpec, normalize
+from .manifest import (DEFAULT_ATOL, FORMAT, GOLDEN, INPUT_NAME, MANIFEST, ONNX_FILES, OUTPUT_NAMES, SCHEMA_VERSION,
+                       Problem, check_files, check_schema, file_entry, onnx_files, read_manifest)
+
+log = logging.getLogger(__name__)
+
+QUANT_PRECISIONS = ("int8", "int8-cpu", "fp8")
+# Used only where the student dir has no thresholds.json: the plain 0.5 decision with an empty
+# uncertainty band, marked uncalibrated so nobody mistakes it for a measured operating point.
+DEFAULT_THRESHOLDS = {"temperature": 1.0, "threshold": 0.5, "band": [0.5, 0.5], "target_fpr": None,
+                      "aggregate": "max", "calibrated": False}
+
+
+@dataclass
+class ExportConfig:
+    model: str  # student dir (config.json + model.safetensors [+ thresholds.json, report.json])
+    out: str  # package dir to write
+    quantized: list[str] = field(default_factory=list)  # quantize output dirs (model.onnx + manifest.json)
+    opset: int = 17
+    tile: int | None = None  # None: the student's own tile
+    data: str | None = None  # dataset manifest for real validation / golden tiles (else a generated image)
+    atol: float = 1e-3
+    rtol: float = 1e-3
+    n_random: int = 4
+    seed: int = 0
+    simplify: bool = True
+    model_id: str | None = None
+    force: bool = False  # replace an existing package at `out`
+
+
+@dataclass
+class Package:
+    path: Path
+    manifest: dict[str, Any]
+    validation: dict[str, Any]
+
+    @property
+    def files(self) -> list[dict[str, Any]]:
+        return self.manifest["files"]
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    problems: list[Problem] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def failing_files(self) -> list[str]:
+        return sorted({p.file for p in self.problems})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"package": self.path, "ok": self.ok, "checked": self.checked,
+                "failing_files": self.failing_files, "problems": [p.to_json() for p in self.problems]}
+
+
+def _cfg(cfg: Any, key: str, default: Any = None) -> Any:
+    return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
+
+
+def load_student_dir(model_dir: str | os.PathLike):
+    """(model, cfg) through defaker_edge.student.load_student, with a clear error where it is absent."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise ArtifactError(f"{model_dir}: not a student directory (no config.json)")
+    try:
+        from ..student import load_student
+    except ImportError as e:
+        raise ArtifactError(f"cannot load {model_dir}: defaker_edge.student is not available ({e})") from None
+    return load_student(model_dir)
+
+
+def _read_quantized(qdir: str | os.PathLike) -> tuple[str, Path, dict[str, Any]]:
+    qdir = Path(qdir)
+    onnx_path = qdir / "model.onnx"
+    if not onnx_path.is_file():
+        raise ArtifactError(f"{qdir}: not a quantize output (no model.onnx)")
+    qm = read_json(qdir / MANIFEST)
+    p = qm.get("precision")
+    if p not in QUANT_PRECISIONS:
+        raise ArtifactError(f"{qdir / MANIFEST}: precision {p!r}, expected one of {', '.join(QUANT_PRECISIONS)}")
+    return p, onnx_path, qm
+
+
+def _find(d: Any, *keys: str) -> Any:
+    """First present key (dotted paths allowed) in a dict; tolerant of how upstream stages nest things."""
+    for k in keys:
+        cur = d
+        for part in k.split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        if cur not in (None, "", {}):
+            return cur
+    return None
+
+
+def _provenance(model_dir: Path, quant: list[dict[str, Any]]) -> tuple[dict, dict, dict]:
+    """(calibration, teacher, metrics) from the quantize manifests and the student's report.json."""
+    report = read_json(model_dir / "report.json") if (model_dir / "report.json").is_file() else {}
+    cal: dict[str, Any] = {"sha256": None, "n": None}
+    teacher: dict[str, Any] = {"id": None, "sha256": None}
+    metrics: dict[str, Any] = {}
+    for src in (*quant, report):
+        c = _find(src, "calibration")
+        if isinstance(c, dict):
+            cal["sha256"] = cal["sha256"] or c.get("sha256")
+            cal["n"] = cal["n"] or c.get("n")
+        cal["sha256"] = cal["sha256"] or _find(src, "calibration_sha256", "calib_sha256")
+        if isinstance(c, str):
+            cal["sha256"] = cal["sha256"] or c
+        t = _find(src, "teacher")
+        if isinstance(t, dict):
+            teacher["id"] = teacher["id"] or t.get("id") or t.get("preset") or t.get("path") or t.get("spec")
+            teacher["sha256"] = teacher["sha256"] or t.get("sha256")
+        elif isinstance(t, str):
+            teacher["id"] = teacher["id"] or t
+        teacher["id"] = teacher["id"] or _find(src, "teacher_id")
+    tdir = Path(str(teacher["id"])) if teacher["id"] else None
+    if not teacher["sha256"] and tdir and (tdir / "model.safetensors").is_file():
+        teacher["sha256"] = sha256_file(tdir / "model.safetensors")  # a teacher given as a directory
+    for qm in quant:  # metrics keyed by precision; fp32 comes from them too (same held-out split)
+        for p, v in (qm.get("metrics") or {}).items():
+            if isinstance(v, dict):
+                metrics.setdefault(p, v)
+    if "fp32" not in metrics:
+        m = _find(report, "val.student.overall", "metrics.student", "student.metrics", "metrics")
+        if isinstance(m, dict) and ("image_auc" in m or "pixel_f1" in m):
+            metrics["fp32"] = m
+    return cal, teacher, metrics
+
+
+def _model_id(model_dir: Path, cfg_json: dict[str, Any]) -> str:
+    weights = model_dir / "model.safetensors"
+    digest = sha256_file(weights)[:12] if weights.is_file() else "unknown"
+    return f"{cfg_json.get('preset') or cfg_json.get('family') or model_dir.name}-{digest}"
+
+
+def _steps(total: int):
+    """A step progress bar on stderr (quiet where tqdm is absent or stderr is not a terminal)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is None:
+        class _Null:
+            def set_description(self, *_): ...
+            def update(self, *_): ...
+            def close(self): ...
+        return _Null()
+    return tqdm(total=total, file=sys.stderr, unit="step", leave=False, disable=None)
+
+
+def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | os.PathLike | None = None,
+                  quantized: Sequence[str | os.PathLike] = (), opset: int = 17, tile: int | None = None,
+                  data: str | os.PathLike | None = None, atol: float = 1e-3, rtol: float = 1e-3, n_random: int = 4,
+                  seed: int = 0, simplify: bool = True, model_id: str | None = None, force: bool = False) -> Package:
+    """Export `model` (the FP32 student) and the quantized variants into a verified package at `out`."""
+    from .golden import golden_input, real_tiles, run_onnx, write_golden
+    from .onnx_export import check_onnx, export_onnx, io_signature, pin_io_shapes, simplify_onnx, validate_onnx
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ArtifactError(f"{out}: exists and is not empty (pass --force to replace it)")
+    tile = int(tile or _cfg(cfg, "tile"))
+    mean, std = [float(v) for v in _cfg(cfg, "mean", MEAN)], [float(v) for v in _cfg(cfg, "std", STD)]
+    if not (np.allclose(mean, MEAN) and np.allclose(std, STD)):
+        # the runtime normalizes with runtime.tiling.normalize (ImageNet statistics) and nothing else
+        raise ArtifactError(f"student mean/std {mean}/{std} differ from the runtime's ImageNet normalization")
+    model_dir = Path(model_dir) if model_dir else None
+    qinfo = [_read_quantized(q) for q in quantized]  # fail on a bad quantize dir before the slow work
+    weights = model_dir / "model.safetensors" if model_dir else None
+    if weights and weights.is_file():
+        want = sha256_file(weights)
+        for (p, src, qm), q in zip(qinfo, quantized):
+            got = _find(qm, "source_model.sha256")
+            if got and got != want:
+                raise ArtifactError(f"{q}: this {p} model was quantized from another student (source sha256 "
+                                    f"{got[:12]}..., {weights} is {want[:12]}...); re-run defaker quantize on it")
+    dup = sorted({p for p, _, _ in qinfo if [x[0] for x in qinfo].count(p) > 1})
+    if dup:
+        raise ArtifactError(f"more than one quantized dir holds precision {', '.join(dup)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    bar = _steps(4 + len(quantized) + (1 if simplify else 0))
+    try:
+        validation: dict[str, Any] = {}
+        fp32 = tmp / ONNX_FILES["fp32"]
+        bar.set_description("export fp32 onnx")
+        export_onnx(model, tile, fp32, opset=opset)
+        check_onnx(fp32)
+        bar.update()
+        bar.set_description("validate vs torch")
+        rng = np.random.default_rng(seed)
+        inputs = {"random": rng.standard_normal((n_random, 3, tile, tile)).astype(np.float32),
+                  "real": normalize(real_tiles(tile, data))}
+        validation["export"] = validate_onnx(model, fp32, inputs, atol, rtol).to_json()
+        bar.update()
+        if simplify:
+            bar.set_description("onnxslim + revalidate")
+            simplify_onnx(fp32)
+            check_onnx(fp32)
+            validation["simplified"] = validate_onnx(model, fp32, inputs, atol, rtol).to_json()
+            bar.update()
+        sig = io_signature(fp32)
+        files = {"fp32": ONNX_FILES["fp32"]}
+        quant_manifests = []
+        ref = run_onnx(fp32, inputs["real"])
+        for p, src, qm in qinfo:
+            bar.set_description(f"add {p}")
+            dst = tmp / ONNX_FILES[p]
+            shutil.copyfile(src, dst)
+            pin_io_shapes(dst, tile)  # same declared I/O as the FP32 file (a ViT export can leave dims symbolic)
+            check_onnx(dst)
+            qsig = io_signature(dst)
+            if qsig != sig:
+                raise ArtifactError(f"{src}: inputs/outputs {qsig} do not match the FP32 export {sig} (names "
+                                    f"{INPUT_NAME}, {', '.join(OUTPUT_NAMES)}, tile {tile}, dynamic batch (-1) required)")
+            got = run_onnx(dst, inputs["real"])  # informative: how far quantization moved the outputs
+            validation[f"vs_fp32_{p}"] = {n: {"max_abs": float(np.abs(g - r).max()), "mean_abs": float(np.abs(g - r).mean())}
+                                          for n, g, r in zip(OUTPUT_NAMES, got, ref)}
+            files[p] = ONNX_FILES[p]
+            quant_manifests.append(qm)
+            bar.update()
+        bar.set_description("golden outputs")
+        write_golden(tmp, files, golden_input(tile, data))
+        bar.update()
+        cfg_json = read_json(model_dir / "config.json") if model_dir and (model_dir / "config.json").is_file() else {}
+        th_path = model_dir / "thresholds.json" if model_dir else None
+        thresholds = read_json(th_path) if th_path and th_path.is_file() else dict(DEFAULT_THRESHOLDS)
+        cal, teacher, metrics = _provenance(model_dir, quant_manifests) if model_dir else ({}, {}, {})
+        spec = TileSpec(tile=tile, overlap=min(64, tile // 4))
+        manifest = {
+            "format": FORMAT, "schema_version": SCHEMA_VERSION,
+            "model_id": model_id or (_model_id(model_dir, cfg_json) if model_dir else f"student-{tile}"),
+            "created": utc_now(),
+            "input": {"name": INPUT_NAME, "shape": [-1, 3, tile, tile], "dtype": "float32", "layout": "NCHW",
+                      "color": "RGB", "scale": 1 / 255, "mean": mean, "std": std, "tile": tile,
+                      "overlap": spec.overlap, "stride": spec.stride, "grid": spec.grid},
+            "outputs": [{"name": "fake_logit", "shape": [-1]}, {"name": "mask_logits", "shape": [-1, 1, tile // 4, tile // 4]}],
+            "files": [file_entry(tmp, rel, p, "onnx", "fallback" if p == "fp32" else "accelerated") for p, rel in files.items()],
+            "thresholds": thresholds, "calibration": cal, "teacher": teacher, "metrics": metrics,
+            "tools": tool_versions(),
+            "golden": {"file": GOLDEN, "sha256": sha256_file(tmp / GOLDEN),
+                       "atol": {p: DEFAULT_ATOL[p] for p in files}},
+            "source": {"model_dir": str(model_dir) if model_dir else None, "quantized": [str(q) for q in quantized],
+                       "data": str(data) if data else None},
+            "validation": validation,
+        }
+        write_json(tmp / MANIFEST, manifest)
+        bar.set_description("verify package")
+        rep = verify_package(tmp)
+        bar.update()
+        if not rep.ok:
+            raise ArtifactError("the package just written fails verification: " + "; ".join(map(str, rep.problems)))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    return Package(out, manifest, validation)
+
+
+def export_package(cfg: ExportConfig) -> Package:
+    """The stage's entry: load the student from `cfg.model` and write the package."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model, scfg = load_student_dir(cfg.model)
+    return write_package(model, scfg, cfg.out, model_dir=cfg.model, quantized=cfg.quantized, opset=cfg.opset,
+                         tile=cfg.tile, data=cfg.data, atol=cfg.atol, rtol=cfg.rtol, n_random=cfg.n_random,
+                         seed=cfg.seed, simplify=cfg.simplify, model_id=cfg.model_id, force=cfg.force)
+
+
+def _check_onnx_io(package: Path, m: dict[str, Any]) -> tuple[list[Problem], dict[str, Any]]:
+    from .golden import ort_session
+
+    want = {m["input"].get("name"): m["input"].get("shape"),
+            **{o.get("name"): o.get("shape") for o in m["outputs"] if isinstance(o, dict)}}
+    probs, sessions = [], {}
+    for f in onnx_files(m):
+        rel = f["path"]
+        if not (package / rel).is_file():
+            continue  # reported by check_files
+        try:
+            sess = ort_session(package / rel)
+        except Exception as e:  # corrupt protobuf, bad graph: ORT's own exception types
+            probs.append(Problem(rel, f"does not load in onnxruntime ({type(e).__name__}: {str(e)[:200]})"))
+            continue
+        sessions[rel] = sess
+        got = {t.name: [d if isinstance(d, int) else -1 for d in t.shape]
+               for t in (*sess.get_inputs(), *sess.get_outputs())}
+        if got != want:
+            probs.append(Problem(rel, f"inputs/outputs {got} do not match the manifest {want}"))
+    return probs, sessions
+
+
+def verify_package(path: str | os.PathLike, golden: bool = True) -> VerifyReport:
+    """Check a package: schema, every file's sha256, ONNX I/O against the manifest, golden outputs, thresholds, engines."""
+    from .golden import check_golden
+
+    path = Path(path)
+    rep = VerifyReport(str(path))
+    try:
+        m = read_manifest(path)
+    except DefakerError as e:
+        rep.problems.append(Problem(MANIFEST, str(e)))
+        return rep
+    rep.checked.append(MANIFEST)
+    rep.problems += check_schema(m)
+    structural = (any(p.file == MANIFEST and "missing keys" in p.message for p in rep.problems)
+                  or not isinstance(m.get("files"), list) or not isinstance(m.get("input"), dict)
+                  or not isinstance(m.get("outputs"), list) or not isinstance(m.get("golden"), dict))
+    if structural:
+        return rep  # the file checks need these parts; what is wrong with them is already reported
+    rep.checked += [f["path"] for f in m["files"] if isinstance(f, dict) and "path" in f]
+    rep.problems += check_files(path, m)
+    io_probs, sessions = _check_onnx_io(path, m)
+    rep.problems += io_probs
+    if golden:
+        rep.checked.append(m["golden"].get("file", GOLDEN))
+        unloadable = {p.file for p in io_probs if "does not load" in p.message}
+        rep.problems += check_golden(path, m, sessions, skip=unloadable)
+    return rep

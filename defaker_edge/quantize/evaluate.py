@@ -1,0 +1,161 @@
+"""Score full images the way the runtime does, for the accuracy gate and threshold calibration.
+
+Every image is cut into native-resolution tiles (runtime.tiling), run in batches, the tiles'
+fake logits are aggregated with `aggregate_logits` (max) and the mask logits are upsampled,
+blended with `blend_window` and stitched back to the image's size. ONNX files run through the
+runtime's own ONNX Runtime backend on the CPU provider, so what the gate measures is what ships.
+Metrics come from defaker_edge.metrics only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class ImagePred:
+    key: str
+    label: int
+    domain: str
+    logit: float  # aggregated image logit
+    pixel: dict[str, float] | None  # pixel_scores() for fakes with a mask
+
+
+def onnx_runner(path: str | os.PathLike, tile: int, threads: int | None = None) -> RunFn:
+    """An ORT CPU session on `path`, as a batch function (the runtime's backend class)."""
+    from ..runtime.backends.onnxruntime import OrtBackend
+
+    be = OrtBackend(path, precision="?", tile=tile, providers=["CPUExecutionProvider"], threads=threads)
+    return be.run
+
+
+def torch_runner(model) -> RunFn:
+    import torch
+
+    model.eval()
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            f, m = model(torch.from_numpy(np.ascontiguousarray(x)))
+        return f.float().reshape(-1).numpy(), m.float().numpy()
+
+    return run
+
+
+def onnx_tile(path: str | os.PathLike) -> int:
+    """The static tile size of an ONNX file's input [N, 3, T, T]."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    return int(dims[-1].dim_value)
+
+
+def stitch(mask_logits: np.ndarray, origins: Sequence[tuple[int, int]], h: int, w: int, tile: int,
+           overlap: int) -> np.ndarray:
+    """Tile mask logits [N,1,t,t] (t = T/4) -> probabilities float32 [h, w].
+
+    Logits are upsampled bilinearly to T, blended with the runtime's window (weights ramp over the
+    overlap) and averaged where tiles overlap; the sigmoid comes last so blending is in logit space.
+    """
+    import cv2
+
+    from ..runtime.tiling import blend_window
+
+    H, W = max(h, tile), max(w, tile)
+    acc = np.zeros((H, W), np.float32)
+    wsum = np.zeros((H, W), np.float32)
+    win = blend_window(tile, overlap)
+    for (y, x), ml in zip(origins, mask_logits[:, 0]):
+        up = cv2.resize(ml.astype(np.float32), (tile, tile), interpolation=cv2.INTER_LINEAR)
+        acc[y:y + tile, x:x + tile] += up * win
+        wsum[y:y + tile, x:x + tile] += win
+    logit = acc[:h, :w] / np.maximum(wsum[:h, :w], 1e-6)
+    return (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+
+
+def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int = 64, batch: int = 8,
+                   masks: bool = True, desc: str = "evaluate") -> list[ImagePred]:
+    """Run `run` over every sample's tiles; aggregated logit and pixel scores per image."""
+    from tqdm import tqdm
+
+    from ..data.io import load_image, load_mask
+    from ..metrics import pixel_scores
+    from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, normalize, tile_origins
+
+    spec = TileSpec(tile=tile, overlap=overlap)
+    out: list[ImagePred] = []
+    for s in tqdm(samples, desc=desc, unit="img", leave=False):
+        img = load_image(s.image)
+        h, w = img.shape[:2]
+        origins = tile_origins(h, w, spec)
+        logits, mls = [], []
+        for a in range(0, len(origins), batch):
+            f, m = run(normalize(cut_tiles(img, origins[a:a + batch], tile)))
+            logits.append(np.asarray(f, np.float32).reshape(-1))
+            mls.append(np.asarray(m, np.float32))
+        tl = np.concatenate(logits)
+        if not np.all(np.isfinite(tl)):
+            raise FloatingPointError(f"{s.key or s.image}: the model produced NaN/Inf")
+        pix = None
+        if masks and s.label == 1 and s.mask:
+            prob = stitch(np.concatenate(mls), origins, h, w, tile, overlap)
+            pix = pixel_scores(prob, load_mask(s.mask, size=(h, w))[0])
+        out.append(ImagePred(key=s.key or s.image, label=int(s.label), domain=s.domain,
+                             logit=aggregate_logits(tl), pixel=pix))
+    return out
+
+
+def metrics_of(preds: Sequence[ImagePred], threshold: float = 0.5) -> dict:
+    """The metrics module's summary over predictions (probability = sigmoid of the image logit)."""
+    from ..metrics import Record, summarize
+
+    recs = [Record(label=p.label, fake_prob=float(1.0 / (1.0 + np.exp(-p.logit))), domain=p.domain,
+                   pixel=p.pixel) for p in preds]
+    return summarize(recs, threshold)
+
+
+def heldout_samples(data: str | os.PathLike, split: str | None = None) -> list:
+    """The held-out samples of a dataset: `split` if given (comma-separated to pool several), else val,
+    else test (never train)."""
+    from ..data.dataset import load_dataset
+    from ..errors import DatasetError
+
+    samples = load_dataset(data)
+    if split:
+        wanted = {x.strip() for x in split.split(",")}  # "val,test" pools both
+        sel = [s for s in samples if s.split in wanted]
+        if not sel:
+            raise DatasetError(f"{data}: no samples in split {split!r}")
+        return sel
+    for sp in ("val", "test"):
+        sel = [s for s in samples if s.split == sp]
+        if sel:
+            return sel
+    if all(s.split is None for s in samples):
+        log.warning("%s has no splits; evaluating on every sample", data)
+        return samples
+    raise DatasetError(f"{data}: no held-out split (val or test); pass --split")
+
+
+def model_path_kind(path: str | os.PathLike) -> str:
+    p = Path(path)
+    if p.is_file() and p.suffix == ".onnx":
+        return "onnx"
+    if p.is_dir() and (p / "config.json").is_file():
+        return "student"
+    if p.is_dir() and (p / "model.onnx").is_file():
+        return "onnx-dir"
+    from ..errors import ArtifactError
+
+    raise ArtifactError(f"{p}: not a student dir (config.json + model.safetensors) or an .onnx file")

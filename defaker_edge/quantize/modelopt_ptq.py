@@ -1,0 +1,168 @@
+"""ModelOpt post-training quantization (fake quant on CPU) and ONNX export.
+
+INT8: `mtq.quantize(model, INT8_DEFAULT_CFG, forward_loop)` (per-channel weights, per-tensor
+activations, max calibration), then the legacy exporter (`torch.onnx.export(dynamo=False)`)
+turns each TensorQuantizer into QuantizeLinear/DequantizeLinear that ORT and TensorRT both run.
+FP8: ModelOpt's FP8 fake quant exports TensorRT-only ops, so the FP8 file is made by ModelOpt's
+ONNX quantizer from the FP32 ONNX (`modelopt.onnx.quantization.quantize(quantize_mode="fp8")`),
+which writes standard Q/DQ that ORT's CPU provider also runs. The torch FP8 fake quant is still
+used to rank layer sensitivity.
+
+Layers are kept in full precision by disabling their quantizers after calibration (not by
+re-calibrating), so every exclusion the auto-exclude search tries shares one calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("fake_logit", "mask_logits")
+# The default configs switch off modules by the names of VLMs' vision towers and projectors
+# (they target LLM quantization). In a student those names are the network itself, so drop them.
+_VLM_SKIPS = ("*vision_tower*", "*visual*", "*vision_model*", "*multi_modal_projector*", "*embed_vision*")
+
+
+def _mtq():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # modelopt warns about the transformers version on import
+        import modelopt.torch.quantization as mtq
+    return mtq
+
+
+def mtq_config(precision: str) -> dict:
+    mtq = _mtq()
+    base = mtq.FP8_DEFAULT_CFG if precision == "fp8" else mtq.INT8_DEFAULT_CFG
+    cfg = copy.deepcopy(base)
+    cfg["quant_cfg"] = [e for e in cfg["quant_cfg"]
+                        if not (isinstance(e, dict) and e.get("quantizer_name") in _VLM_SKIPS)]
+    return cfg
+
+
+def quantized_layers(model) -> list[str]:
+    """Names of the modules that own an enabled input or weight quantizer, in model order."""
+    names = []
+    for name, mod in model.named_modules():
+        qs = [getattr(mod, a, None) for a in ("input_quantizer", "weight_quantizer")]
+        if any(q is not None and getattr(q, "is_enabled", False) for q in qs):
+            names.append(name)
+    return names
+
+
+def matching(names: Iterable[str], patterns: Iterable[str]) -> list[str]:
+    pats = [re.compile(p) for p in patterns]
+    return [n for n in names if any(p.search(n) for p in pats)]
+
+
+def set_layers_enabled(model, layers: Iterable[str], enabled: bool) -> None:
+    """Enable or disable the input/weight/output quantizers of the named modules."""
+    want = set(layers)
+    for name, mod in model.named_modules():
+        if name not in want:
+            continue
+        for a in ("input_quantizer", "weight_quantizer"):
+            q = getattr(mod, a, None)
+            if q is not None:
+                q.enable() if enabled else q.disable()
+
+
+def calibrate(model, batches: list[np.ndarray], precision: str):
+    """A calibrated fake-quant copy of `model` (the original is left untouched)."""
+    import torch
+    from tqdm import tqdm
+
+    mtq = _mtq()
+    qmodel = copy.deepcopy(model).eval()
+
+    def forward_loop(m):
+        with torch.no_grad():
+            for x in tqdm(batches, desc=f"calibrate {precision}", unit="batch", leave=False):
+                m(torch.from_numpy(x))
+
+    # ModelOpt prints progress ("Inserted N quantizers") on stdout, which belongs to --json output
+    with contextlib.redirect_stdout(sys.stderr):
+        return mtq.quantize(qmodel, mtq_config(precision), forward_loop)
+
+
+def export_onnx(model, path: str | Path, tile: int, opset: int = 17) -> Path:
+    """Export with the legacy (TorchScript) exporter: dynamic batch, the contract's I/O names.
+
+    dynamo=False because the dynamo exporter fails on ModelOpt's quantizers, and the legacy one
+    maps them to QuantizeLinear/DequantizeLinear; the FP32 file goes the same way so that node
+    names (used by --exclude on the ONNX paths) match between the two.
+    """
+    import torch
+    import warnings
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = torch.zeros(2, 3, tile, tile)  # B=2 so the tracer cannot specialize a size-1 batch
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")  # tracer warnings about python bools in quantizer code
+        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, opset_version=max(13, opset),
+                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"},
+                                        OUTPUT_NAMES[1]: {0: "batch"}})
+    return path
+
+
+def onnx_nodes_for(onnx_path: str | Path, layers: Iterable[str]) -> list[str]:
+    """ONNX node names that the legacy exporter made from the named modules.
+
+    The exporter scopes a node of module `a.b.c` as `/a/a.b/a.b.c/<Op>`, so a module's nodes are
+    those whose name starts with that scope.
+    """
+    import onnx
+
+    prefixes = []
+    for name in layers:
+        parts = name.split(".")
+        prefixes.append("/" + "/".join(".".join(parts[:i + 1]) for i in range(len(parts))) + "/")
+    g = onnx.load(str(onnx_path), load_external_data=False).graph
+    return [n.name for n in g.node if any(n.name.startswith(p) for p in prefixes)]
+
+
+def fp8_onnx(fp32_onnx: str | Path, out: str | Path, calib: np.ndarray, exclude_nodes: list[str]) -> Path:
+    """FP8 E4M3 Q/DQ ONNX from the FP32 ONNX with ModelOpt's ONNX quantizer (CPU calibration).
+
+    high_precision_dtype="fp32": the unquantized part stays FP32, so ORT's CPU provider runs the
+    file and the gate measures FP8's own error (TensorRT still chooses its kernels per layer).
+    """
+    import shutil
+    import tempfile
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from modelopt.onnx.quantization import quantize as onnx_quantize
+    except ImportError as e:
+        from ..errors import MissingDependencyError
+
+        raise MissingDependencyError(str(getattr(e, "name", None) or e).splitlines()[0],
+                                     "FP8 ONNX quantization", "pip install 'nvidia-modelopt[onnx]'") from None
+    out = Path(out)
+    # ModelOpt writes intermediate files next to its input: work on a private copy
+    with tempfile.TemporaryDirectory(prefix="defaker-fp8-") as tmp:
+        src = Path(tmp) / "model.onnx"
+        shutil.copyfile(fp32_onnx, src)
+        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for --json
+            onnx_quantize(str(src), quantize_mode="fp8", calibration_data={INPUT_NAME: calib},
+                          calibration_method="max", calibration_eps=["cpu"],
+                          nodes_to_exclude=[f"^{re.escape(n)}$" for n in exclude_nodes] or None,
+                          high_precision_dtype="fp32", output_path=str(Path(tmp) / "fp8.onnx"),
+                          log_level="WARNING")
+        shutil.copyfile(Path(tmp) / "fp8.onnx", out)
+    return out

@@ -1,0 +1,233 @@
+"""`quantize(model, calib, cfg)`: PTQ to Q/DQ ONNX behind the accuracy gate.
+
+1. FP32 ONNX from the student (the reference the gate compares against; shipped alongside).
+2. The quantized ONNX for the precision (modelopt_ptq / ort_static), with --exclude layers in FP32.
+3. Both files are scored with ONNX Runtime (CPU) on the held-out split, full images through the
+   runtime's tiling and aggregation; deltas = FP32 - quantized.
+4. Over budget: with --auto-exclude, keep the fewest most-sensitive layers in FP32 that pass;
+   else refuse (QuantGateError, nothing written) unless --force.
+Everything is built in a temporary folder next to OUT and renamed into place only at the end, so
+a refused or interrupted run never leaves a partial OUT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifacts import read_json, sha256_file, tool_versions, utc_now, write_json
+from ..errors import ArtifactError, DefakerError
+from .config import MANIFEST_FORMAT, QuantConfig, QuantResult
+from .gate import Budget, deltas_of, failures, gate_error
+
+log = logging.getLogger(__name__)
+
+_LAYER_TYPES = ("Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "Linear")
+
+
+def _load_model(model: Any) -> tuple[Any, dict]:
+    """(nn.Module, provenance) from a student dir or an nn.Module (tests, notebooks)."""
+    if isinstance(model, (str, os.PathLike)):
+        from ..student import load_student
+
+        p = Path(model)
+        m, scfg = load_student(p)
+        return m, {"path": str(p.resolve()), "sha256": sha256_file(p / "model.safetensors"),
+                   "tile": scfg.tile, "family": scfg.family}
+    return model.eval(), {"path": None, "sha256": None, "tile": None, "family": type(model).__name__}
+
+
+def _plain_layers(model) -> list[str]:
+    return [n for n, m in model.named_modules() if type(m).__name__ in _LAYER_TYPES]
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        man = out / "manifest.json"
+        if not man.is_file() or read_json(man).get("format") != MANIFEST_FORMAT:
+            raise ArtifactError(f"{out}: exists and is not a quantized model; choose another --out")
+
+
+class _Builder:
+    """Builds the quantized ONNX for a set of FP32-kept layers, sharing one calibration."""
+
+    def __init__(self, model, calib: np.ndarray, cfg: QuantConfig, tile: int, work: Path, fp32_onnx: Path):
+        self.model, self.calib, self.cfg, self.tile, self.work, self.fp32_onnx = model, calib, cfg, tile, work, fp32_onnx
+        self._qmodel = None
+        self.cpu_fp32_nodes: list[str] = []
+
+    def batches(self, limit: int | None = None) -> list[np.ndarray]:
+        x = self.calib if limit is None else self.calib[:limit]
+        return [x[a:a + self.cfg.batch] for a in range(0, len(x), self.cfg.batch)]
+
+    def qmodel(self, precision: str | None = None):
+        """The calibrated fake-quant torch model (INT8 config for int8/int8-cpu, FP8 for fp8)."""
+        from .modelopt_ptq import calibrate
+
+        if self._qmodel is None:
+            p = "fp8" if (precision or self.cfg.precision) == "fp8" else "int8"
+            self._qmodel = calibrate(self.model, self.batches(), p)
+            if self.cfg.post_calibrate is not None and self.cfg.precision == "int8":
+                self.cfg.post_calibrate(self._qmodel)
+        return self._qmodel
+
+    def layers(self) -> list[str]:
+        from .modelopt_ptq import quantized_layers
+
+        if self.cfg.precision == "int8" or self._qmodel is not None:
+            return quantized_layers(self.qmodel())
+        return _plain_layers(self.model)
+
+    def build(self, excluded: list[str], name: str) -> tuple[Path, list[str]]:
+        """Write work/name; returns (path, excluded ONNX node names)."""
+        from .modelopt_ptq import export_onnx, fp8_onnx, onnx_nodes_for, set_layers_enabled
+
+        path = self.work / name
+        nodes = onnx_nodes_for(self.fp32_onnx, excluded) if excluded else []
+        if self.cfg.precision == "int8":
+            qm = self.qmodel()
+            set_layers_enabled(qm, excluded, False)
+            try:
+                export_onnx(qm, path, self.tile, self.cfg.opset)
+            finally:
+                set_layers_enabled(qm, excluded, True)
+        elif self.cfg.precision == "fp8":
+            fp8_onnx(self.fp32_onnx, path, self.calib, nodes)
+        else:
+            from .ort_static import image_convs, quantize_ort_static
+
+            # convs on the raw image stay FP32 on CPUs (slower in INT8 there; see image_convs)
+            self.cpu_fp32_nodes = image_convs(self.fp32_onnx)
+            quantize_ort_static(self.fp32_onnx, path, self.calib, sorted(set(nodes) | set(self.cpu_fp32_nodes)),
+                                batch=self.cfg.batch)
+        return path, nodes
+
+
+def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> QuantResult:
+    """Quantize `model` (student dir or nn.Module) with the calibration set; see the module doc."""
+    from ..calibration.reader import load_calibration
+    from .evaluate import heldout_samples, metrics_of, onnx_runner, predict_images
+    from .modelopt_ptq import export_onnx, matching
+
+    cfg.validate()
+    if not cfg.out:
+        raise DefakerError("quantize needs an output directory (--out)")
+    out = Path(cfg.out)
+    _prepare_out(out)
+    net, source = _load_model(model)
+    cs = load_calibration(calib_dir)
+    tile = cs.tile
+    if source["tile"] and source["tile"] != tile:
+        raise DefakerError(f"the calibration tiles are {tile} px but the student was built for {source['tile']}: "
+                           f"rebuild the calibration set with --tile {source['tile']}")
+    calib = np.concatenate(list(cs.batches(cfg.batch, limit=cfg.calib_n)))
+
+    data = cfg.data or cs.manifest.get("data")
+    samples = None
+    if data and Path(data).exists():
+        samples = heldout_samples(data, cfg.split)
+    else:
+        log.warning("no held-out data (--data) and the calibration set's source is gone: the accuracy "
+                    "gate cannot run; the manifest records passed=null")
+    budget = Budget(cfg.budget_auc, cfg.budget_f1)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        fp32_onnx = export_onnx(net, work / "model_fp32.onnx", tile, cfg.opset)
+
+        def score(path: Path, desc: str) -> dict:
+            preds = predict_images(onnx_runner(path, tile, cfg.threads), samples, tile, batch=cfg.batch, desc=desc)
+            return metrics_of(preds)["overall"]
+
+        fp32_m = score(fp32_onnx, "fp32") if samples else {}
+        builder = _Builder(net, calib, cfg, tile, work, fp32_onnx)
+        excluded = matching(builder.layers(), cfg.exclude)
+        if cfg.exclude and not excluded:
+            log.warning("--exclude %s matched no quantized layer", cfg.exclude)
+        attempts: list[dict] = []
+
+        def attempt(excl: list[str]) -> tuple[Path, list[str], dict, dict]:
+            path, nodes = builder.build(excl, f"try{len(attempts)}.onnx")
+            qm = score(path, cfg.precision) if samples else {}
+            d = deltas_of(fp32_m, qm) if samples else {"image_auc": None, "pixel_f1": None}
+            attempts.append({"excluded": list(excl), "deltas": d, "passed": not failures(d, budget)})
+            log.info("%s with %d layer(s) in FP32: dAUC %s, d pixel F1 %s", cfg.precision, len(excl),
+                     d["image_auc"], d["pixel_f1"])
+            return path, nodes, qm, d
+
+        qpath, nodes, q_m, d = attempt(excluded)
+        ranking: list[tuple[str, float]] = []
+        if samples and failures(d, budget) and cfg.auto_exclude:
+            from .sensitivity import fewest_excluded, rank_layers
+
+            qm_t = builder.qmodel()
+            cand = [n for n in builder.layers() if n not in excluded]
+            ranking = rank_layers(net, qm_t, cand, builder.batches(limit=cfg.sensitivity_tiles))
+            best: dict[str, Any] = {}
+
+            def passes(extra: list[str]) -> bool:
+                r = attempt(excluded + extra)
+                if not failures(r[3], budget):
+                    best["r"], best["excl"] = r, excluded + extra
+                    return True
+                return False
+
+            found = fewest_excluded([n for n, _ in ranking], passes, cfg.max_auto_exclude)
+            if found is not None:
+                qpath, nodes, q_m, d = best["r"] if best["excl"] == excluded + found else attempt(excluded + found)
+                excluded = excluded + found
+        passed = None if not samples else not failures(d, budget)
+        if passed is False and not cfg.force:
+            raise gate_error(cfg.precision, d, budget, len(samples))
+        if passed is False:
+            log.warning("writing a model that fails the accuracy gate (--force): %s", ", ".join(failures(d, budget)))
+
+        speed = None
+        if cfg.precision == "int8-cpu":
+            from .ort_static import speed_ratio
+
+            speed = speed_ratio(fp32_onnx, qpath, calib[:cfg.bench_tiles], threads=cfg.bench_threads)
+            log.info("int8-cpu vs fp32 (ORT CPU, batch 1, %d px): %.2fx (%.1f ms vs %.1f ms)", tile,
+                     speed["ratio"], speed["int8_ms"], speed["fp32_ms"])
+
+        final = work / "final"
+        final.mkdir()
+        shutil.move(str(qpath), final / "model.onnx")
+        shutil.move(str(fp32_onnx), final / "model_fp32.onnx")
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "created": utc_now(),
+            "precision": cfg.precision,
+            "tile": tile,
+            "source_model": source,
+            "calibration": {"path": str(Path(calib_dir).resolve()), "sha256": cs.sha256, "n": int(len(calib))},
+            "excluded_layers": excluded,
+            "excluded_nodes": nodes,
+            "cpu_fp32_nodes": builder.cpu_fp32_nodes,
+            "sensitivity": [{"layer": n, "score": s} for n, s in ranking],
+            "metrics": {"fp32": fp32_m, cfg.precision: q_m} if samples else {},
+            "deltas": d,
+            "gate": {"budget": budget.to_json(), "passed": passed, "forced": bool(cfg.force and passed is False),
+                     "data": str(data) if samples else None, "n_images": len(samples) if samples else 0,
+                     "attempts": attempts},
+            "speed": speed,
+            "files": [{"path": f, "sha256": sha256_file(final / f), "precision": p}
+                      for f, p in (("model.onnx", cfg.precision), ("model_fp32.onnx", "fp32"))],
+            "seed": cfg.seed,
+            "tools": tool_versions(),
+        }
+        write_json(final / "manifest.json", manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(final, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return QuantResult(out=out, onnx=out / "model.onnx", precision=cfg.precision, manifest=manifest,
+                       passed=passed, deltas=d, excluded_layers=excluded)

@@ -1,0 +1,46 @@
+"""PyTorch backend: the FP32 student checkpoint itself (defaker_edge.student.load_student).
+
+Only for machines that have torch (a build box, a GPU server). It needs a student directory
+(config.json + model.safetensors): the package ONNX cannot be turned back into a torch module
+without extra converters, so this path runs the checkpoint the package was made from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .base import Backend, BackendUnavailable, check_outputs
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    precision = "fp32"
+
+    def __init__(self, student_dir: str | os.PathLike, tile: int, device: str | None = None):
+        try:
+            import torch
+        except ImportError:
+            raise BackendUnavailable("torch is not installed (backend='torch' needs the build extra)") from None
+        try:
+            from ...student import load_student
+        except ImportError as e:
+            raise BackendUnavailable(f"defaker_edge.student is not available ({e})") from None
+        d = Path(student_dir)
+        if not (d / "config.json").is_file():
+            raise BackendUnavailable(f"{d}: not a student directory (no config.json)")
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model, _cfg = load_student(d)
+        self.model = model.to(self.device).eval().float()
+        self.provider = f"torch {torch.__version__} {self.device}"
+        self.tile = tile
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            fake, mask = self.model(x)
+            return check_outputs(fake.float().cpu().numpy(), mask.float().cpu().numpy(), x.shape[0], self.tile)

@@ -1,0 +1,122 @@
+"""StudentConfig: every dimension a student is built from, so a pruned student rebuilds without peft.
+
+Two families (DESIGN §4):
+- `compact`: conv-BN-ReLU CNN with a noise-residual stem and an FPN decoder (INT8-friendly).
+- `pruned-teacher`: an InternViT-style ViT (the teacher's vision tower, same weight names as
+  transformers' InternVLVisionModel) plus a SAM2-style two-way-transformer mask decoder.
+Per-block lists (`mids`, `heads`, `mlp`) are what pruning shrinks; their lengths are the depths.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..errors import ArtifactError, DefakerError
+
+FORMAT = "defaker-student/1"
+FAMILIES = ("compact", "pruned-teacher")
+MEAN = (0.485, 0.456, 0.406)  # ImageNet, as runtime.tiling.normalize
+STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class StudentConfig:
+    family: str = "compact"
+    preset: str = "compact"
+    tile: int = 512
+    mask_stride: int = 4
+    mean: tuple[float, float, float] = MEAN
+    std: tuple[float, float, float] = STD
+    # compact: learned RGB stem channels, residual-stream width per stage (strides 4, 8, 16, 32),
+    # expanded channels of each inverted-residual block (one list per stage), decoder channels.
+    stem_rgb: int = 15
+    widths: list[int] = field(default_factory=lambda: [24, 40, 64, 96])
+    mids: list[list[int]] = field(default_factory=lambda: [[48], [80], [128, 128], [192]])
+    dec: int = 32
+    dec2: int = 24
+    # pruned-teacher: ViT dims (per-layer heads and MLP widths) and the mask decoder's.
+    patch: int = 16
+    dim: int = 192
+    head_dim: int = 64
+    heads: list[int] = field(default_factory=lambda: [3] * 6)
+    mlp: list[int] = field(default_factory=lambda: [768] * 6)
+    layer_scale: float = 0.1
+    dec_dim: int = 64
+    dec_depth: int = 2
+    dec_heads: int = 2
+    # provenance: where the vision tower was initialised from, and what pruning did
+    init_from: str | None = None
+    pruned: dict[str, Any] | None = None
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "StudentConfig":
+        if name not in PRESETS:
+            raise DefakerError(f"unknown student preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        cfg = copy.deepcopy(PRESETS[name])
+        for k, v in overrides.items():
+            if not hasattr(cfg, k):
+                raise DefakerError(f"StudentConfig has no field {k!r}")
+            setattr(cfg, k, v)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.family not in FAMILIES:
+            raise DefakerError(f"unknown student family {self.family!r} ({', '.join(FAMILIES)})")
+        if self.mask_stride != 4:
+            raise DefakerError("mask_stride must be 4 (the student contract)")
+        if self.family == "compact":
+            if self.tile % 32:
+                raise DefakerError(f"compact students need a tile divisible by 32, got {self.tile}")
+            if len(self.widths) != 4 or len(self.mids) != 4:
+                raise DefakerError("compact students have 4 stages (widths and mids of length 4)")
+        else:
+            if self.tile % self.patch or (self.tile // self.patch) * 4 != self.tile // self.mask_stride:
+                raise DefakerError(f"pruned-teacher needs tile/patch*4 == tile/4 (patch 16), got patch {self.patch}")
+            if len(self.heads) != len(self.mlp):
+                raise DefakerError("heads and mlp must list one entry per layer")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["format"] = FORMAT
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudentConfig":
+        if d.get("format") != FORMAT:
+            raise ArtifactError(f"student config has format {d.get('format')!r}, expected {FORMAT!r}")
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("mean", "std"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+
+def _compact(preset: str, stem: int, widths: list[int], mids: list[list[int]], dec: int, dec2: int) -> StudentConfig:
+    return StudentConfig(family="compact", preset=preset, stem_rgb=stem, widths=widths, mids=mids, dec=dec, dec2=dec2)
+
+
+def _vit(preset: str, dim: int, depth: int, heads: int, mlp: int, dec_dim: int) -> StudentConfig:
+    return StudentConfig(family="pruned-teacher", preset=preset, dim=dim, head_dim=dim // heads,
+                         heads=[heads] * depth, mlp=[mlp] * depth, dec_dim=dec_dim)
+
+
+PRESETS: dict[str, StudentConfig] = {
+    # compact-s: for tests and very small devices; compact: the default (<= ~1 GFLOP per 512 tile);
+    # compact-l: more capacity where a GPU/NPU runs it.
+    "compact-s": _compact("compact-s", 7, [16, 24, 40, 64], [[32], [48], [80], [128]], 16, 16),
+    "compact": _compact("compact", 15, [24, 40, 64, 96], [[48], [80], [128, 128], [192]], 32, 24),
+    "compact-l": _compact("compact-l", 23, [32, 56, 96, 160], [[64, 64], [112, 112], [192, 192, 192], [320, 320]], 48, 32),
+    # pruned-teacher students: the tiny one for tests; the others are InternViT-shaped towers that a
+    # teacher checkpoint initialises (dims then come from the checkpoint) before LoRA pruning.
+    "pruned-teacher-tiny": _vit("pruned-teacher-tiny", 64, 2, 2, 128, 32),
+    "pruned-teacher-s": _vit("pruned-teacher-s", 192, 6, 3, 768, 64),
+    "pruned-teacher": _vit("pruned-teacher", 384, 12, 6, 1536, 128),
+    "pruned-teacher-300m": _vit("pruned-teacher-300m", 1024, 24, 16, 4096, 256),
+}

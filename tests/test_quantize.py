@@ -1,0 +1,185 @@
+"""Quantization: Q/DQ ONNX that ORT runs, the accuracy gate (pass, refuse, force, auto-exclude), CPU INT8."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defaker_edge.calibration import CalibConfig, build_calibration
+from defaker_edge.quantize import QuantConfig, QuantGateError, quantize
+from defaker_edge.quantize.sensitivity import fewest_excluded
+
+from quant_helpers import ToyDetector, break_stem, make_toy_data
+
+T = 128
+pytest.importorskip("modelopt.torch.quantization")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return make_toy_data(tmp_path_factory.mktemp("qtoy"))
+
+
+@pytest.fixture(scope="module")
+def calib(toy, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("qcalib") / "C"
+    build_calibration(CalibConfig(data=str(toy), out=str(out), per_domain=4, tile=T))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_val(toy) -> str:
+    """4 held-out images (2 real, 2 fake): the random-weight student's tests check files and plumbing,
+    not accuracy, so they score fewer images to stay fast."""
+    lines = toy.read_text().splitlines()
+    out = toy.parent / "small_val.jsonl"
+    out.write_text("\n".join(lines[i] for i in (16, 17, 20, 21)) + "\n")
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory) -> Path:
+    import torch
+
+    from defaker_edge.student import StudentConfig, build_student, save_student
+
+    torch.manual_seed(0)
+    cfg = StudentConfig.preset("compact-s", tile=T)
+    return save_student(build_student(cfg).eval(), cfg, tmp_path_factory.mktemp("student") / "S")
+
+
+def _ops(path: Path) -> set[str]:
+    import onnx
+
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def _ort(path: Path, x: np.ndarray):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(["fake_logit", "mask_logits"], {"image": x})
+
+
+def test_int8_qdq_onnx_runs_on_ort_and_passes_the_gate(calib, tmp_path):
+    res = quantize(ToyDetector(), calib, QuantConfig(precision="int8", out=str(tmp_path / "Q")))
+    assert res.passed is True
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= _ops(res.onnx)
+    from defaker_edge.calibration import load_calibration
+
+    x = next(load_calibration(calib).batches(3))  # in-distribution input: the ranges were calibrated on it
+    f8, m8 = _ort(res.onnx, x)
+    f32, m32 = _ort(res.out / "model_fp32.onnx", x)
+    assert f8.shape == (3,) and m8.shape == (3, 1, T // 4, T // 4)
+    assert np.isfinite(m8).all() and not np.array_equal(m8, m32)  # really quantized
+    assert np.abs(m8 - m32).max() < 0.1 * (np.abs(m32).max() + 1)  # and still the same model
+    man = json.loads((res.out / "manifest.json").read_text())
+    assert man["precision"] == "int8" and man["gate"]["passed"] is True and man["gate"]["forced"] is False
+    assert man["metrics"]["fp32"]["image_auc"] == 1.0
+    assert abs(man["deltas"]["image_auc"]) <= 0.005 and abs(man["deltas"]["pixel_f1"]) <= 0.01
+    assert man["calibration"]["sha256"] and man["excluded_layers"] == []
+    from defaker_edge.artifacts import sha256_file
+
+    assert {f["path"]: f["sha256"] for f in man["files"]}["model.onnx"] == sha256_file(res.onnx)
+
+
+def test_gate_refuses_a_broken_quantization_and_writes_nothing(calib, tmp_path):
+    out = tmp_path / "Q"
+    cfg = QuantConfig(precision="int8", out=str(out), post_calibrate=break_stem)
+    with pytest.raises(QuantGateError) as e:
+        quantize(ToyDetector(), calib, cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and "dAUC" in msg and "> 0.005" in msg and "--auto-exclude" in msg and "--force" in msg
+    assert e.value.deltas["image_auc"] > 0.005
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary leftovers either
+
+
+def test_force_writes_and_records_the_failure(calib, tmp_path):
+    cfg = QuantConfig(precision="int8", out=str(tmp_path / "Q"), post_calibrate=break_stem, force=True)
+    res = quantize(ToyDetector(), calib, cfg)
+    man = json.loads((res.out / "manifest.json").read_text())
+    assert res.passed is False and man["gate"]["passed"] is False and man["gate"]["forced"] is True
+    assert man["deltas"]["image_auc"] > 0.005
+
+
+def test_auto_exclude_keeps_the_fewest_sensitive_layers_in_fp32(calib, tmp_path):
+    cfg = QuantConfig(precision="int8", out=str(tmp_path / "Q"), post_calibrate=break_stem, auto_exclude=True)
+    res = quantize(ToyDetector(), calib, cfg)
+    assert res.passed is True and res.excluded_layers == ["stem"]
+    man = json.loads((res.out / "manifest.json").read_text())
+    assert man["sensitivity"][0]["layer"] == "stem"
+    assert man["gate"]["attempts"][0]["passed"] is False and man["gate"]["attempts"][-1]["passed"] is True
+    assert any(n.startswith("/stem/") for n in man["excluded_nodes"])
+
+
+def test_exclude_regex_keeps_layers_in_fp32(calib, tmp_path):
+    import onnx
+
+    res = quantize(ToyDetector(), calib, QuantConfig(precision="int8", out=str(tmp_path / "Q"), exclude=["^head$"]))
+    assert res.excluded_layers == ["head"]
+    names = [n.name for n in onnx.load(str(res.onnx)).graph.node]
+    assert not any(n.startswith("/head/") and "Quantize" in n for n in names)
+    assert any(n.startswith("/mix/") and "Quantize" in n for n in names)
+
+
+def test_fewest_excluded_search():
+    ranked = list("abcdefghij")
+    calls = []
+
+    def passes(k_needed):
+        def f(prefix):
+            calls.append(len(prefix))
+            return len(prefix) >= k_needed
+        return f
+
+    assert fewest_excluded(ranked, passes(3), 8) == ["a", "b", "c"]
+    assert fewest_excluded(ranked, passes(1), 8) == ["a"]
+    assert fewest_excluded(ranked, passes(9), 8) is None
+    assert fewest_excluded(ranked, passes(6), 10) == list("abcdef")
+
+
+def test_int8_cpu_static_quantization_with_speed(student_dir, calib, small_val, tmp_path):
+    cfg = QuantConfig(precision="int8-cpu", out=str(tmp_path / "Q"), budget_auc=1.0, budget_f1=1.0, bench_tiles=2,
+                      data=small_val)
+    res = quantize(str(student_dir), calib, cfg)
+    ops = _ops(res.onnx)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x = np.random.default_rng(1).normal(size=(2, 3, T, T)).astype(np.float32)
+    f, m = _ort(res.onnx, x)
+    assert f.shape == (2,) and np.isfinite(m).all()
+    man = json.loads((res.out / "manifest.json").read_text())
+    sp = man["speed"]
+    assert sp["ratio"] == pytest.approx(sp["fp32_ms"] / sp["int8_ms"]) and sp["ratio"] > 0 and sp["tile"] == T
+    assert man["cpu_fp32_nodes"] and all("Conv" in n for n in man["cpu_fp32_nodes"])
+    assert man["source_model"]["sha256"] and man["metrics"]["int8-cpu"]["n"] == 4
+
+
+def test_fp8_qdq_onnx_runs_on_ort(student_dir, calib, small_val, tmp_path):
+    import onnx
+
+    cfg = QuantConfig(precision="fp8", out=str(tmp_path / "Q"), budget_auc=1.0, budget_f1=1.0, data=small_val)
+    res = quantize(str(student_dir), calib, cfg)
+    g = onnx.load(str(res.onnx)).graph
+    inits = {i.name: i.data_type for i in g.initializer}
+    q = [n for n in g.node if n.op_type == "QuantizeLinear"]
+    assert q and any(inits.get(n.input[2]) == onnx.TensorProto.FLOAT8E4M3FN for n in q if len(n.input) > 2)
+    f, m = _ort(res.onnx, np.zeros((1, 3, T, T), np.float32))
+    assert np.isfinite(f).all() and m.shape == (1, 1, T // 4, T // 4)
+
+
+def test_quantize_cli_int8(student_dir, calib, small_val, tmp_path, capsys):
+    from defaker_edge.cli import main
+
+    rc = main(["quantize", "--model", str(student_dir), "--calib", str(calib), "--precision", "int8",
+               "--out", str(tmp_path / "Q"), "--budget-auc", "1", "--budget-f1", "1", "--data", small_val, "--json"])
+    assert rc == 0
+    man = json.loads(capsys.readouterr().out)
+    assert man["precision"] == "int8" and (tmp_path / "Q" / "model.onnx").is_file()
+    assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(tmp_path / "Q" / "model.onnx")
+    rc = main(["quantize", "--model", str(student_dir), "--calib", str(tmp_path / "nope"), "--precision", "int8",
+               "--out", str(tmp_path / "Q2")])
+    assert rc == 2 and "nope" in capsys.readouterr().err

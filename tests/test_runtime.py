@@ -1,0 +1,315 @@
+"""Runtime: package checks, native-resolution tiling + stitching, batching, and the fallback paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from defaker_edge.errors import ArtifactError, DefakerError, ImageError
+from defaker_edge.runtime import Detector, InferenceError, tiling
+from defaker_edge.runtime.backends.base import Backend
+from defaker_edge.runtime.package import load_package
+from defaker_edge.runtime.stitch import MaskStitcher, sigmoid, upsample_probs
+
+sys.path.insert(0, str(Path(__file__).parent))
+from runtime_helpers import TILE, ort_run, tiny_package, write_manifest, write_nan_onnx  # noqa: E402
+
+
+@pytest.fixture
+def pkg(tmp_path) -> Path:
+    return tiny_package(tmp_path / "pkg")
+
+
+def _img(h, w, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+class Wrap(Backend):
+    """Wraps a real backend; `mode` injects a fault, and every batch size is recorded."""
+
+    def __init__(self, inner, mode=None):
+        self.inner, self.mode, self.sizes = inner, mode, []
+        self.name, self.precision, self.provider = inner.name, inner.precision, inner.provider
+
+    def run(self, batch):
+        self.sizes.append(batch.shape[0])
+        if self.mode == "raise":
+            raise RuntimeError("device lost")
+        f, m = self.inner.run(batch)
+        if self.mode == "nan":
+            f = f.copy()
+            f[0] = np.nan
+        return f, m
+
+
+def test_import_is_torch_free():
+    code = ("import sys, defaker_edge.runtime, defaker_edge.runtime.cli, defaker_edge.runtime.server; "
+            "bad = [m for m in ('torch', 'transformers', 'modelopt') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_load_prefers_int8_cpu_and_reads_manifest(pkg):
+    det = Detector.load(pkg)
+    assert (det.backend.name, det.backend.precision, det.backend.provider) == ("onnxruntime", "int8-cpu", "CPUExecutionProvider")
+    assert det.load_fallback is None
+    p = load_package(pkg)
+    assert p.tile == TILE and p.thresholds.threshold == 0.5 and {f.precision for f in p.files} == {"fp32", "int8-cpu"}
+
+
+def test_default_package_missing_is_a_clear_error(monkeypatch, tmp_path):
+    import defaker_edge.runtime.package as package
+
+    monkeypatch.setattr(package, "DEFAULT_PACKAGE", tmp_path / "nothing")
+    with pytest.raises(ArtifactError, match="no default package"):
+        Detector.load()
+
+
+def test_single_tile_matches_the_model_exactly(pkg):
+    det = Detector.load(pkg, precision="fp32", mask_dtype="float32")
+    img = _img(TILE, TILE)
+    v = det.check(img)
+    f, m = ort_run(pkg / "model_fp32.onnx", tiling.normalize(img[None]))
+    assert v.n_tiles == 1 and v.fallback is None
+    assert v.logit == pytest.approx(float(f[0]), abs=1e-5)
+    assert v.fake_prob == pytest.approx(float(sigmoid(f[0])), abs=1e-6)
+    np.testing.assert_allclose(v.mask_quarter, sigmoid(m[0, 0]), atol=1e-6)
+    assert v.mask.shape == (TILE, TILE) and v.mask.dtype == np.float32
+
+
+def test_score_is_max_of_tiles_with_temperature(pkg):
+    write_manifest(pkg, temperature=2.0, threshold=0.3)
+    det = Detector.load(pkg, precision="fp32")
+    img = _img(150, 230, seed=3)
+    origins = tiling.tile_origins(150, 230, tiling.TileSpec(TILE, 16))
+    f, _ = ort_run(pkg / "model_fp32.onnx", tiling.normalize(tiling.cut_tiles(img, origins, TILE)))
+    v = det.check(img)
+    assert v.n_tiles == len(origins) > 1
+    assert v.logit == pytest.approx(float(f.max()), abs=1e-5)
+    assert v.fake_prob == pytest.approx(float(sigmoid(f.max() / 2.0)), abs=1e-6)
+    assert v.is_fake == (v.fake_prob >= 0.3) and v.threshold == 0.3
+
+
+@pytest.mark.parametrize("hw", [(37, 50), (150, 201), (64, 300), (301, 67)])
+def test_mask_is_at_native_size(pkg, hw):
+    det = Detector.load(pkg)
+    v = det.check(_img(*hw))
+    assert v.mask.shape == hw and v.mask.dtype == np.float16
+    assert v.mask_quarter.shape == (-(-hw[0] // 4), -(-hw[1] // 4))
+    assert np.all((v.mask >= 0) & (v.mask <= 1))
+
+
+def test_upsample_matches_torch_bilinear():
+    torch = pytest.importorskip("torch")
+    lq = np.random.default_rng(0).normal(size=(13, 21)).astype(np.float32)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(lq)[None, None], size=(52, 84), mode="bilinear",
+                                          align_corners=False)[0, 0].sigmoid().numpy()
+    got = upsample_probs(lq, 52, 84, dtype=np.float32, chunk_rows=5)  # several chunks
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    u8 = upsample_probs(lq, 52, 84, dtype=np.uint8)
+    assert np.abs(u8.astype(int) - np.rint(ref * 255)).max() <= 1
+
+
+def test_stitch_blends_overlaps_without_seams():
+    # every tile predicts the same constant: the stitched map must be that constant everywhere
+    h, w, T = 200, 330, 64
+    st = MaskStitcher(h, w, T, 16)
+    for y, x in tiling.tile_origins(h, w, tiling.TileSpec(T, 16)):
+        st.add(y, x, np.full((T // 4, T // 4), 1.5, np.float32))
+    np.testing.assert_allclose(st.logits_quarter(), 1.5, atol=1e-6)
+    # a tile-local blob stays where it was put
+    st = MaskStitcher(h, w, T, 16)
+    for y, x in tiling.tile_origins(h, w, tiling.TileSpec(T, 16)):
+        m = np.full((T // 4, T // 4), -5.0, np.float32)
+        if (y, x) == (0, 0):
+            m[2:6, 2:6] = 5.0
+        st.add(y, x, m)
+    q = st.logits_quarter()
+    assert q[3, 3] == pytest.approx(5.0) and q[40, 70] == pytest.approx(-5.0)
+
+
+def test_check_many_batches_across_images_and_matches_check(pkg):
+    det = Detector.load(pkg, batch_size=8)
+    imgs = [_img(70, 90, seed=s) for s in range(5)]
+    per = len(tiling.tile_origins(70, 90, tiling.TileSpec(TILE, 16)))
+    assert per == 6  # 30 tiles: 4 full-ish batches across images, not 5 per-image ones
+    single = [det.check(im) for im in imgs]
+    det.backend = spy = Wrap(det.backend)
+    many = list(det.check_many(imgs))
+    assert spy.sizes == [8, 8, 8, 6]
+    for a, b in zip(single, many):
+        assert a.fake_prob == pytest.approx(b.fake_prob, abs=1e-6)
+        np.testing.assert_array_equal(a.mask, b.mask)
+
+
+def test_big_image_streams_in_bounded_batches(pkg):
+    det = Detector.load(pkg, batch_size=4, mask="quarter")
+    det.backend = spy = Wrap(det.backend)
+    v = det.check(_img(700, 900))
+    assert max(spy.sizes) <= 4 and sum(spy.sizes) == v.n_tiles > 100
+    assert v.mask is None and v.mask_quarter.shape == (175, 225)
+
+
+def test_check_many_yields_errors_in_place(pkg, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xffnot a jpeg")
+    det = Detector.load(pkg)
+    out = list(det.check_many([_img(40, 40), str(bad), _img(50, 60)], errors="yield"))
+    assert isinstance(out[1], ImageError) and "bad.jpg" in str(out[1])
+    assert out[0].size == (40, 40) and out[2].size == (50, 60)
+    with pytest.raises(ImageError):
+        list(det.check_many([str(bad)]))
+
+
+# ---------------------------------------------------------------- fallback at load
+def test_fallback_when_int8_file_removed(pkg):
+    (pkg / "model_int8_cpu.onnx").unlink()
+    det = Detector.load(pkg)
+    v = det.check(_img(80, 80))
+    assert v.precision == "fp32" and v.fallback == "int8-cpu: file missing"
+    with pytest.raises(ArtifactError, match="int8-cpu: file missing"):
+        Detector.load(pkg, fallback="never")
+
+
+def test_fallback_when_int8_file_corrupted(pkg):
+    p = pkg / "model_int8_cpu.onnx"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    v = Detector.load(pkg).check(_img(80, 80))
+    assert v.precision == "fp32" and v.fallback == "int8-cpu: sha256 mismatch"
+
+
+def test_fallback_when_int8_yields_nan_at_load(pkg):
+    write_nan_onnx(pkg / "model_int8_cpu.onnx")
+    write_manifest(pkg)  # the hash matches: only the golden self-test can catch it
+    v = Detector.load(pkg).check(_img(80, 80))
+    assert v.precision == "fp32"
+    assert v.fallback == "int8-cpu: golden self-test: nan/inf in output"
+    with pytest.raises(ArtifactError, match="golden self-test"):
+        Detector.load(pkg, fallback="never")
+
+
+def test_golden_mismatch_falls_back(pkg):
+    # a valid model, but not the one the golden outputs were recorded from
+    from runtime_helpers import _export, _model
+
+    _export(_model(seed=5), pkg / "model_int8_cpu.onnx")
+    write_manifest(pkg)
+    det = Detector.load(pkg)
+    assert det.backend.precision == "fp32" and det.load_fallback.startswith("int8-cpu: golden self-test: max abs error")
+
+
+def test_nothing_loads_is_a_clear_error(pkg):
+    (pkg / "model_int8_cpu.onnx").unlink()
+    (pkg / "model_fp32.onnx").write_bytes(b"junk")
+    with pytest.raises(ArtifactError, match=r"no backend could load: int8-cpu: file missing; fp32: sha256 mismatch"):
+        Detector.load(pkg)
+
+
+# ---------------------------------------------------------------- fallback at run time
+def test_nan_at_run_time_reruns_on_full_precision(pkg):
+    det = Detector.load(pkg)
+    ref = Detector.load(pkg, precision="fp32").check(_img(100, 120))
+    det.backend = Wrap(det.backend, "nan")
+    v = det.check(_img(100, 120))
+    assert (v.backend, v.precision, v.fallback) == ("onnxruntime", "fp32", "nan/inf in output")
+    assert v.fake_prob == pytest.approx(ref.fake_prob, abs=1e-6)
+    assert np.isfinite(v.fake_prob)
+
+
+def test_exception_at_run_time_reruns_on_full_precision(pkg):
+    det = Detector.load(pkg)
+    det.backend = Wrap(det.backend, "raise")
+    v = det.check(_img(100, 120))
+    assert v.precision == "fp32" and v.fallback == "int8-cpu: RuntimeError: device lost"
+
+
+def test_never_raises_on_run_time_faults(pkg):
+    det = Detector.load(pkg, fallback="never")
+    det.backend = Wrap(det.backend, "nan")
+    with pytest.raises(InferenceError, match="nan/inf in output"):
+        det.check(_img(100, 120))
+
+
+def test_band_reruns_on_full_precision(pkg):
+    write_manifest(pkg, band=[0.0, 1.0])  # every probability is "unsure"
+    v = Detector.load(pkg).check(_img(100, 120))
+    assert v.precision == "fp32" and v.fallback.startswith("band: ") and v.fallback.endswith("in [0, 1]")
+    write_manifest(pkg, band=[0.99, 1.0])
+    v = Detector.load(pkg).check(_img(100, 120))
+    assert v.precision == "int8-cpu" and v.fallback is None
+
+
+def test_bad_arguments_are_clear(pkg):
+    for kw in ({"backend": "cuda"}, {"precision": "int4"}, {"fallback": "maybe"}, {"mask": "half"}):
+        with pytest.raises(DefakerError):
+            Detector.load(pkg, **kw)
+    with pytest.raises(ArtifactError, match="int8: not in package"):
+        Detector.load(pkg, precision="int8", fallback="never")
+    det = Detector.load(pkg, precision="int8")  # asked for one the package lacks: falls back, says so
+    assert det.backend.precision == "fp32" and det.load_fallback == "int8: not in package"
+
+
+def test_malformed_manifest(pkg):
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["format"] = "something-else"
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="format"):
+        Detector.load(pkg)
+    m["format"] = "defaker-package/1"
+    m["files"][0]["path"] = "../outside.onnx"
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="inside the package"):
+        Detector.load(pkg)
+
+
+def test_torch_backend_needs_a_student_dir(pkg):
+    with pytest.raises(ArtifactError, match="torch fp32: .*student|torch fp32: .*not"):
+        Detector.load(pkg, backend="torch", fallback="never")
+
+
+def test_torch_backend_runs_a_student_checkpoint(tmp_path):
+    torch = pytest.importorskip("torch")
+    student = pytest.importorskip("defaker_edge.student")
+    from runtime_helpers import _export, write_golden
+
+    torch.manual_seed(0)
+    cfg = student.StudentConfig.preset("compact-s", tile=TILE)
+    model = student.build_student(cfg).eval()
+    sdir = tmp_path / "student"
+    student.save_student(model, cfg, sdir)
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    _export(model, pkg / "model_fp32.onnx")  # the package made from that student
+    write_golden(pkg)
+    write_manifest(pkg, tile=TILE, overlap=16)
+    det = Detector.load(pkg, backend="torch", student=sdir, fallback="never")
+    img = _img(100, 90, seed=4)
+    v = det.check(img)
+    ref = Detector.load(pkg).check(img)
+    assert (v.backend, v.precision, v.fallback) == ("torch", "fp32", None) and v.provider.startswith("torch")
+    assert ref.precision == "fp32" and v.fake_prob == pytest.approx(ref.fake_prob, abs=1e-4)
+
+
+def test_ort_providers_keep_order_and_report_what_ran(pkg, monkeypatch):
+    from defaker_edge.runtime.backends import onnxruntime as ob
+    from defaker_edge.runtime.backends.base import BackendUnavailable
+
+    assert ob.choose_providers() == ["CPUExecutionProvider"]  # this build: TRT and CUDA EPs dropped
+    with pytest.raises(BackendUnavailable, match="none of the providers"):
+        ob.choose_providers(["CUDAExecutionProvider"])
+    # pretend the build has CUDA: ORT cannot start it and silently runs on the CPU; we must say so
+    monkeypatch.setattr(ob, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert ob.choose_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    be = ob.OrtBackend(pkg / "model_fp32.onnx", "fp32", TILE)
+    assert be.provider == "CPUExecutionProvider"
+    det = Detector.load(pkg)  # "GPU" present: auto asks for INT8 Q/DQ (absent here), then fp32
+    v = det.check(_img(64, 64))
+    assert v.precision == "fp32" and v.provider == "CPUExecutionProvider" and v.fallback is None

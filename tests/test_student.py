@@ -1,0 +1,139 @@
+"""Students: contract shapes, ONNX export parity (ORT), save/load, FLOP counting, teacher-tower init."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from defaker_edge.errors import ArtifactError, DefakerError
+from defaker_edge.student import PRESETS, StudentConfig, build_student, export_onnx, load_student, save_student
+from defaker_edge.student.flops import count_flops
+
+SMALL = [("compact-s", 128), ("pruned-teacher-tiny", 64)]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("preset,tile", SMALL)
+def test_contract_shapes(preset, tile):
+    m = build_student(StudentConfig.preset(preset, tile=tile)).eval()
+    logit, mask = m(torch.randn(3, 3, tile, tile))
+    assert logit.shape == (3,)
+    assert mask.shape == (3, 1, tile // 4, tile // 4)
+    assert torch.isfinite(logit).all() and torch.isfinite(mask).all()
+
+
+def test_all_presets_validate_and_unknown_preset_is_clear():
+    for name in PRESETS:
+        assert StudentConfig.preset(name).mask_stride == 4
+    with pytest.raises(DefakerError, match="unknown student preset"):
+        StudentConfig.preset("resnet-9000")
+    with pytest.raises(DefakerError, match="divisible by 32"):
+        StudentConfig.preset("compact", tile=500)
+
+
+@pytest.mark.parametrize("preset,tile", SMALL)
+def test_onnx_export_matches_torch(preset, tile, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    m = build_student(StudentConfig.preset(preset, tile=tile)).eval()
+    path = export_onnx(m, tile, tmp_path / "s.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(2, 3, tile, tile)
+    with torch.no_grad():
+        ref_l, ref_m = m(x)
+    got_l, got_m = sess.run(["fake_logit", "mask_logits"], {"image": x.numpy()})
+    assert got_l.shape == (2,) and got_m.shape == (2, 1, tile // 4, tile // 4)
+    np.testing.assert_allclose(got_l, ref_l.numpy(), atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(got_m, ref_m.numpy(), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("preset,tile", SMALL)
+def test_save_load_roundtrip(preset, tile, tmp_path):
+    cfg = StudentConfig.preset(preset, tile=tile)
+    m = build_student(cfg).eval()
+    save_student(m, cfg, tmp_path / "s", report={"hello": 1})
+    d = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert d["format"] == "defaker-student/1" and d["family"] == cfg.family and d["tile"] == tile
+    assert d["mask_stride"] == 4 and len(d["mean"]) == 3
+    m2, cfg2 = load_student(tmp_path / "s")
+    assert cfg2 == cfg
+    x = torch.randn(1, 3, tile, tile)
+    with torch.no_grad():
+        for a, b in zip(m(x), m2(x)):
+            assert torch.equal(a, b)
+
+
+def test_load_rejects_wrong_format_and_mismatched_weights(tmp_path):
+    cfg = StudentConfig.preset("compact-s", tile=64)
+    save_student(build_student(cfg), cfg, tmp_path / "s")
+    p = tmp_path / "s" / "config.json"
+    d = json.loads(p.read_text())
+    d["widths"] = [8, 8, 8, 8]
+    p.write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match="do not match"):
+        load_student(tmp_path / "s")
+    d["format"] = "something-else"
+    p.write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match="format"):
+        load_student(tmp_path / "s")
+    with pytest.raises(ArtifactError, match="not a student checkpoint"):
+        load_student(tmp_path / "nothing")
+
+
+def test_flop_counter_on_a_hand_counted_net():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                        nn.Flatten(), nn.Linear(8 * 16 * 16, 10))
+    f = count_flops(net, 16)
+    want = 16 * 16 * 8 * 3 * 9 + 16 * 16 * 8 * 9 + 8 * 16 * 16 * 10
+    assert f["macs"] == want and f["flops"] == 2 * want
+    assert f["params"] == sum(p.numel() for p in net.parameters())
+
+
+def test_default_compact_budget():
+    """The default must stay near 1 GFLOP (0.5 GMAC) per 512 tile to meet the CPU latency target."""
+    f = count_flops(build_student(StudentConfig.preset("compact")), 512)
+    assert f["flops"] <= 1.0e9, f
+    assert 50_000 < f["params"] < 1_000_000
+
+
+def test_pruned_teacher_loads_the_teachers_vision_tower(tmp_path):
+    """A transformers InternVL vision tower (patch 14, 448) initialises a patch-16, 512 student, and the
+    student's layers compute what transformers' layers compute."""
+    from safetensors.torch import save_file
+    from transformers import InternVLVisionConfig, InternVLVisionModel
+
+    from defaker_edge.student.teacher_init import teacher_vision_dims
+
+    hf_cfg = InternVLVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                  image_size=[448, 448], patch_size=[14, 14])
+    hf = InternVLVisionModel(hf_cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    d = tmp_path / "teacher"
+    d.mkdir()
+    save_file({f"model.vision_tower.{k}": v.contiguous() for k, v in hf.state_dict().items()}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({"vision_config": {"hidden_size": 64, "num_attention_heads": 2}}))
+    dims = teacher_vision_dims(d)
+    assert dims == {"dim": 64, "layers": 2, "mlp": 128, "heads": 2}
+    cfg = StudentConfig.preset("pruned-teacher-tiny", tile=512, dim=64, head_dim=32, heads=[2, 2], mlp=[128, 128],
+                               init_from=str(d))
+    m = build_student(cfg).eval()
+    sd = m.state_dict()
+    assert torch.equal(sd["encoder.layer.1.mlp.fc2.weight"], hf.state_dict()["encoder.layer.1.mlp.fc2.weight"])
+    assert torch.equal(sd["embeddings.position_embeddings"], hf.state_dict()["embeddings.position_embeddings"])
+    assert sd["embeddings.patch_embeddings.projection.weight"].shape[-1] == 16
+    h = torch.randn(1, 5, 64)
+    with torch.no_grad():
+        ours = m.encoder.layer[0](h)
+        theirs = hf.encoder.layer[0](h)
+        theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
