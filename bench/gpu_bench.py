@@ -251,7 +251,7 @@ def part_modelopt(args, device, budget: Budget) -> dict:
     def score(model):
         pred = OnnxPredictor("<torch>", tile=T, overlap=overlap, session=TorchSession(model, device, torch.float32, T))
         if samples:
-            return evaluate(pred, samples, 0.5, desc="modelopt eval", progress=False)
+            return evaluate(pred, samples, 0.5, desc="modelopt eval", show_progress=False)
         return None
 
     ref = score(base)

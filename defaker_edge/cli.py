@@ -15,17 +15,18 @@ import sys
 from . import __version__
 from .errors import DefakerError
 
-# (module, what it adds). Order is the order `defaker --help` lists them: the pipeline's order.
+# (module, the top-level commands it adds). Order is the order `defaker --help` lists them:
+# the pipeline's order.
 STAGES = [
-    ("defaker_edge.data.cli", "data synth"),
-    ("defaker_edge.eval_cli", "eval"),
-    ("defaker_edge.teacher.cli", "teacher info|train|predict|cache"),
-    ("defaker_edge.distill.cli", "distill, prune"),
-    ("defaker_edge.calibration.cli", "calibrate build|thresholds"),
-    ("defaker_edge.quantize.cli", "quantize"),
-    ("defaker_edge.export.cli", "export, package verify, engine build"),
-    ("defaker_edge.runtime.cli", "check, serve"),
-    ("defaker_edge.bench.cli", "bench"),
+    ("defaker_edge.data.cli", ("data",)),
+    ("defaker_edge.eval_cli", ("eval",)),
+    ("defaker_edge.teacher.cli", ("teacher",)),
+    ("defaker_edge.distill.cli", ("distill", "prune")),
+    ("defaker_edge.calibration.cli", ("calibrate",)),
+    ("defaker_edge.quantize.cli", ("quantize",)),
+    ("defaker_edge.export.cli", ("export", "package", "engine")),
+    ("defaker_edge.runtime.cli", ("check", "serve")),
+    ("defaker_edge.bench.cli", ("bench",)),
 ]
 
 EPILOG = """\
@@ -45,7 +46,17 @@ Run `defaker <command> --help` for each command's options.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: list[str] | None) -> list[str]:
+    """Only the stage that owns the command is imported, so `defaker check` on a device never
+    touches a build stage (whose package may import torch). Help and unknown commands load all."""
+    first = next((a for a in (argv or []) if not a.startswith("-")), None)
+    for module, commands in STAGES:
+        if first in commands:
+            return [module]
+    return [module for module, _ in STAGES]
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="defaker",
         description="DeFakerOne-Edge: detect and localize image manipulation on devices.",
@@ -55,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"defaker-edge {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module, _ in STAGES:
+    for module in _modules_for(argv):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:  # a stage not built yet, or an install without it
@@ -67,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

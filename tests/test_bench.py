@@ -8,7 +8,6 @@ tile counts from the tiling) instead of trusting the bench.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 

@@ -120,3 +120,14 @@ def test_help_teaches(capsys):
             main([cmd, "--help"])
         out = capsys.readouterr().out
         assert e.value.code == 0 and all(w in out for w in words), out
+
+
+def test_json_records_the_fallback(folder, tmp_path, capsys):
+    p = tiny_package(tmp_path / "pkg")
+    (p / "model_int8_cpu.onnx").unlink()
+    d, _ = folder
+    assert main(["check", str(d / "small.jpg"), "--package", str(p), "--json"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert (line["precision"], line["fallback"]) == ("fp32", "int8-cpu: file missing")
+    assert main(["check", str(d / "small.jpg"), "--package", str(p), "--json", "--fallback", "never"]) == 2
+    assert "int8-cpu: file missing" in capsys.readouterr().err

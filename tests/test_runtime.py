@@ -313,3 +313,16 @@ def test_ort_providers_keep_order_and_report_what_ran(pkg, monkeypatch):
     det = Detector.load(pkg)  # "GPU" present: auto asks for INT8 Q/DQ (absent here), then fp32
     v = det.check(_img(64, 64))
     assert v.precision == "fp32" and v.provider == "CPUExecutionProvider" and v.fallback is None
+
+
+def test_every_file_is_checked_at_load(pkg):
+    # a damaged file the CPU path does not use: the answer is unaffected (no fallback), but reported
+    (pkg / "extra_int8.onnx").write_bytes(b"junk")
+    m = json.loads((pkg / "manifest.json").read_text())
+    m["files"].append({"path": "extra_int8.onnx", "sha256": "0" * 64, "precision": "int8", "format": "onnx"})
+    (pkg / "manifest.json").write_text(json.dumps(m))
+    det = Detector.load(pkg)
+    v = det.check(_img(64, 64))
+    assert v.precision == "int8-cpu" and v.fallback is None
+    assert v.package_problems == ["extra_int8.onnx: sha256 mismatch"] == det.info()["package_problems"]
+    assert v.to_json()["package_problems"] == ["extra_int8.onnx: sha256 mismatch"]

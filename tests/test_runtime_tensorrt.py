@@ -254,7 +254,6 @@ def test_detector_falls_back_from_an_incompatible_engine(pkg, engine):
 
 
 def test_without_tensorrt_installed_it_fails_cleanly(pkg, engine):
-    pytest.importorskip("numpy")
     try:
         import tensorrt  # noqa: F401
         pytest.skip("tensorrt is installed here")
@@ -263,3 +262,15 @@ def test_without_tensorrt_installed_it_fails_cleanly(pkg, engine):
     _with_engine(pkg, engine)
     det = Detector.load(pkg, backend="tensorrt")
     assert det.backend.precision == "fp32" and det.load_fallback == "engine int8: tensorrt is not installed"
+
+
+def test_auto_prefers_a_compatible_engine_on_a_gpu_box(pkg, engine, monkeypatch):
+    import defaker_edge.runtime.detector as detector
+
+    monkeypatch.setattr(detector, "_has", lambda name: name == "tensorrt")  # "tensorrt is installed"
+    _with_engine(pkg, engine)
+    det = Detector.load(pkg, trt=fake_trt(pkg / "model_fp32.onnx"), cudart=FakeCudart())
+    assert (det.backend.name, det.backend.precision, det.load_fallback) == ("tensorrt", "int8", None)
+    det = Detector.load(pkg, trt=fake_trt(pkg / "model_fp32.onnx", version="10.4.1"), cudart=FakeCudart())
+    assert det.backend.name == "onnxruntime"
+    assert det.load_fallback == "engine int8: engine built with TensorRT 10.3.0, this is TensorRT 10.4.1"

@@ -86,16 +86,19 @@ def test_shard_spec(monkeypatch):
     assert shard_from_env(None) == (2, 5)
 
 
-def test_cli_predict_and_cache(data, tmp_path):
+def test_cli_predict(data, tmp_path):
+    import os
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a shared CPU: oversubscribed threads crawl
     img = load_dataset(data)[1].image
     mask = tmp_path / "m.png"
     r = subprocess.run([sys.executable, "-m", "defaker_edge", "teacher", "predict", "--teacher", "tiny", img,
-                        "--json", "--mask-out", str(mask)], capture_output=True, text=True, timeout=300)
+                        "--json", "--mask-out", str(mask)], capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     from PIL import Image
 
     assert 0 <= res["fake_prob"] <= 1 and Image.open(mask).size == Image.open(img).size
     r = subprocess.run([sys.executable, "-m", "defaker_edge", "teacher", "predict", "--teacher", "nope", img],
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr

@@ -8,7 +8,6 @@ decisions (each at its own threshold) and the mean |difference| of fake probabil
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,12 +30,12 @@ class EvalResult:
 
 
 def evaluate(predictor, samples: list[Sample], threshold: float, *, perturb: Perturb | None = None,
-             desc: str = "accuracy", progress: bool = True) -> EvalResult:
-    from tqdm import tqdm
+             desc: str = "accuracy", show_progress: bool = True) -> EvalResult:
+    from .latency import progress as progress_bar
 
     records, probs, decisions = [], [], []
     n_fallback = 0
-    for s in tqdm(samples, desc=desc, file=sys.stderr, disable=not progress, leave=False):
+    for s in (progress_bar(samples, desc, leave=False) if show_progress else samples):
         img = load_image(s.image)
         gt = None
         if s.label == 1 and s.mask:

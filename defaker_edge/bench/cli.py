@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--random-weights", action="store_true", help="accept random weights for --teacher-preset")
     t.add_argument("--teacher-runs", type=int, default=3, help="timed teacher runs (default 3; minutes each at "
                    "real size on a CPU)")
-    t.add_argument("--teacher-warmup", type=int, default=1, help="untimed teacher runs first (default 1)")
+    t.add_argument("--teacher-warmup", type=int, default=0, help="untimed teacher runs first (default 0: a run "
+                   "takes minutes, and the median of 3 runs already leaves out the cold first one)")
     t.add_argument("--teacher-dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="teacher weights' dtype (default fp32; bf16 halves memory but is slow on CPUs "
                         "without bf16 units)")

@@ -29,7 +29,7 @@ class BenchConfig:
     teacher_preset: str | None = None  # e.g. defakerone-2b: latency at real size only
     random_weights: bool = False  # acknowledges that a preset's numbers are for random weights
     teacher_runs: int = 3
-    teacher_warmup: int = 1
+    teacher_warmup: int = 0  # the median of >= 3 runs leaves the cold first run out
     teacher_dtype: str = "fp32"
     teacher_device: str = "cpu"
     teacher_timeout_s: float = 7200.0

@@ -30,6 +30,15 @@ import numpy as np
 RESULT_TAG = "BENCH_RESULT "
 
 
+def progress(it, desc: str, **kw):
+    """tqdm on stderr when installed (build extra); plain iteration on a runtime-only install."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return it
+    return tqdm(it, desc=desc, file=sys.stderr, **kw)
+
+
 def percentiles(samples_ms: list[float]) -> dict:
     a = np.asarray(samples_ms, dtype=np.float64)
     if a.size == 0:
@@ -140,7 +149,6 @@ def measure_onnx(job: dict) -> dict:
 def measure_teacher(job: dict) -> dict:
     """Runs inside the worker: the teacher (torch) on one 1024 x 1024 image, `runs` times."""
     import torch
-    from tqdm import tqdm
 
     from .teacher_adapter import load_teacher_for_bench
 
@@ -161,7 +169,7 @@ def measure_teacher(job: dict) -> dict:
 
     times = []
     with torch.inference_mode():
-        for i in tqdm(range(warmup + runs), desc=f"teacher {job['spec']} ({device})", file=sys.stderr):
+        for i in progress(range(warmup + runs), f"teacher {job['spec']} ({device})"):
             sync()
             t = time.perf_counter()
             teacher.predict(img)

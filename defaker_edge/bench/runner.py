@@ -7,7 +7,6 @@ A variant that cannot run here gets a row with status and reason, never a number
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from ..artifacts import to_jsonable, tool_versions, utc_now, write_json
 from ..errors import DatasetError, DefakerError, ImageError
 from .adapter import PROVIDERS, make_predictor
 from .config import RANDOM_PRESETS, BenchConfig, BenchReport
-from .latency import run_job
+from .latency import progress, run_job
 from .machine import load_average, machine_info
 from .package import PackageInfo, read_package
 from .report import SCHEMA_VERSION, FORMAT, speedups_and_targets, write_markdown
@@ -61,8 +60,6 @@ def cpu_int8_variant(pkg: PackageInfo) -> str | None:
 
 
 def _latency_rows(cfg: BenchConfig, pkg: PackageInfo, backends: list[str], missing: dict[str, str]) -> list[dict]:
-    from tqdm import tqdm
-
     variants = [v for v in pkg.variants if cfg.precisions is None or v.precision in cfg.precisions]
     rows, jobs = [], []
     for v in variants:
@@ -85,7 +82,7 @@ def _latency_rows(cfg: BenchConfig, pkg: PackageInfo, backends: list[str], missi
         for b, why in missing.items():
             if b in PROVIDERS:
                 rows.append({**base, "backend": b, "status": "skipped", "reason": why})
-    for i, job in tqdm(jobs, desc="latency", file=sys.stderr, unit="variant"):
+    for i, job in progress(jobs, "latency", unit="variant"):
         res = run_job(job, cfg.worker_timeout_s)
         rows[i].update(res)
     for r in rows:
@@ -223,11 +220,14 @@ def run_bench(cfg: BenchConfig) -> BenchReport:
     write_json(files["report.json"], report)
     write_markdown(report, files["report.md"])
     if cfg.plots:
-        from .plots import pareto_plot, robustness_plot
+        try:
+            from .plots import pareto_plot, robustness_plot
 
-        files["pareto.png"] = pareto_plot(report, out / "pareto.png")
-        if robustness:
-            files["robustness.png"] = robustness_plot(report, out / "robustness.png")
+            files["pareto.png"] = pareto_plot(report, out / "pareto.png")
+            if robustness:
+                files["robustness.png"] = robustness_plot(report, out / "robustness.png")
+        except ImportError as e:  # a runtime-only install (a device) has no matplotlib: the JSON is what counts
+            log.warning("plots skipped: %s (pip install matplotlib)", e)
     return BenchReport(out=out, data=report, files={k: v for k, v in files.items() if v})
 
 

@@ -14,13 +14,13 @@ manifest (labels, masks) is trained on alongside: teachers are imperfect.
 Training cuts native-resolution crops (--crop, origins on the 8x8 JPEG grid) and never resizes a
 crop; the saved student's tile is --tile, which is what export and the runtime use.
 
-Recipe (2-core CPU, compact): --steps 1200 --batch 16 --crop 256 --lr 4e-3, about 20 min.
+Recipe (2-core CPU, compact): --steps 1500 --batch 16 --crop 256 --lr 4e-3 (the defaults), ~15-20 min.
 Multi-process: torchrun --nproc_per_node N -m defaker_edge distill ... (gloo on CPU, NCCL on GPUs);
 --batch is the global batch. --resume continues from OUT/checkpoint/state.pt with the same batches.
 
 examples:
   defaker distill --teacher tiny --data data/train/manifest.jsonl --student compact --steps 30 --out S
-  defaker distill --cache C --data M --student compact --out S --steps 1200
+  defaker distill --cache C --data M --student compact --out S --steps 1500
 """
 
 PRUNE_EPILOG = """\
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="manifest.jsonl (or a dataset dir); train split trains, test/val evaluates")
     p.add_argument("--student", default="compact", help="student preset (compact-s, compact, compact-l, pruned-teacher-s, ...)")
     p.add_argument("--out", required=True, help="output student dir (config.json, model.safetensors, report.json)")
-    p.add_argument("--steps", type=int, default=1200, help="optimizer steps (default 1200)")
+    p.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
     p.add_argument("--tile", type=int, default=512, help="saved/exported tile size T (default 512)")
     p.add_argument("--crop", type=int, default=256, help="training crop, multiple of 32, <= T (default 256)")
     p.add_argument("--batch", type=int, default=16, help="global batch (default 16)")
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps (default 100)")
     p.add_argument("--stop-at", type=int, help="stop after this step (checkpointed); finish later with --resume")
     p.add_argument("--threads", type=int, help="torch threads per process (default: cores / processes)")
-    p.add_argument("--eval-max", type=int, default=300, help="held-out images to evaluate at the end (0: none)")
+    p.add_argument("--eval-max", type=int, default=200, help="held-out images to evaluate at the end (0: none)")
     p.add_argument("--temperature", type=float, default=2.0, help="KD temperature on the fake probability")
     p.add_argument("--w", action="append", default=[], metavar="NAME=X",
                    help="loss weight, repeatable: kd, mask_kd, dice_kd, gt_cls, gt_mask, gt_dice, feat")
@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--drop-blocks", type=int, help="whole blocks to remove (default: ratio/4 of the removable ones)")
     q.add_argument("--threads", type=int)
-    q.add_argument("--eval-max", type=int, default=300)
+    q.add_argument("--eval-max", type=int, default=200, help="held-out images to evaluate (0: none)")
     q.add_argument("--out", required=True)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_prune)

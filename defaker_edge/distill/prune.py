@@ -53,7 +53,7 @@ class PruneConfig:
     seed: int = 0
     drop_blocks: int | None = None
     threads: int | None = 2
-    eval_max: int = 300
+    eval_max: int = 200
     ema: float = 0.9
     prune_until: float = 0.6  # fraction of the steps over which the cubic schedule ramps to `ratio`
     events: int = 8  # pruning events on the schedule

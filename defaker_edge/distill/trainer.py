@@ -41,7 +41,7 @@ class DistillConfig:
     student: str = "compact"
     teacher: str | None = None  # directory or preset name, run online
     cache: str | None = None  # a TeacherCache directory (instead of --teacher)
-    steps: int = 1200
+    steps: int = 1500
     tile: int = 512  # the saved/exported tile
     crop: int = 256  # the training crop (fully convolutional: a smaller crop costs less CPU)
     batch: int = 16  # global batch, split over DDP ranks
@@ -53,7 +53,7 @@ class DistillConfig:
     ckpt_every: int = 100
     stop_at: int | None = None  # stop after this step (checkpointed); continue with resume
     threads: int | None = None  # torch intra-op threads per process (default: cores / ranks)
-    eval_max: int = 300  # held-out images evaluated at the end (0: skip)
+    eval_max: int = 200  # held-out images evaluated at the end (0: skip)
     weights: LossWeights = field(default_factory=LossWeights)
     aug: AugConfig = field(default_factory=AugConfig)
 
@@ -169,6 +169,9 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
         sdim = scfg.widths[-1] if scfg.family == "compact" else scfg.dim
         adapter = nn.Linear(sdim, int(t0.features.shape[-1]))
     net = _Train(student, adapter).to(d.device)
+    # channels-last: about 1.5x faster conv training on CPU (measured on the compact student)
+    fmt = torch.channels_last if scfg.family == "compact" else torch.contiguous_format
+    net = net.to(memory_format=fmt)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
@@ -193,6 +196,7 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
                dynamic_ncols=True)
     for step in bar:
         b = {k: v.to(d.device) for k, v in sampler.batch(step, d.rank * local, local).items()}
+        b["x"] = b["x"].contiguous(memory_format=fmt)
         logit, mask, feat = model(b["x"])
         loss, parts = distill_loss(logit, mask, b, cfg.weights, feat,
                                    global_sum=(lambda t: ddp.mean_of_sums(t, d)) if d.enabled else None)

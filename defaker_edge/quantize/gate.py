@@ -57,9 +57,15 @@ def failures(deltas: dict[str, float | None], budget: Budget) -> list[str]:
     return bad
 
 
-def gate_error(precision: str, deltas: dict[str, float | None], budget: Budget, n_images: int) -> QuantGateError:
+def gate_error(precision: str, deltas: dict[str, float | None], budget: Budget, n_images: int,
+               auto_tried: int | None = None) -> QuantGateError:
     bad = failures(deltas, budget)
+    if auto_tried is None:
+        hint = ("Try --auto-exclude to keep the sensitive layers in full precision, --exclude REGEX, "
+                "or --force to write it anyway")
+    else:
+        hint = (f"--auto-exclude found no passing set of up to {auto_tried} FP32 layers; try --exclude REGEX, "
+                f"another precision, a larger budget, or --force to write it anyway")
     return QuantGateError(
         f"{precision} model fails the accuracy gate: {', '.join(bad)} (FP32 vs {precision} on {n_images} "
-        f"held-out images); nothing written. Try --auto-exclude to keep the sensitive layers in full "
-        f"precision, --exclude REGEX, or --force to write it anyway", deltas)
+        f"held-out images); nothing written. {hint}", deltas)

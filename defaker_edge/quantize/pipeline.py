@@ -130,8 +130,8 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
 
     data = cfg.data or cs.manifest.get("data")
     samples = None
-    if data and Path(data).exists():
-        samples = heldout_samples(data, cfg.split)
+    if cfg.data or (data and Path(data).exists()):
+        samples = heldout_samples(data, cfg.split)  # an explicit --data that is missing is an error
     else:
         log.warning("no held-out data (--data) and the calibration set's source is gone: the accuracy "
                     "gate cannot run; the manifest records passed=null")
@@ -185,7 +185,8 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
                 excluded = excluded + found
         passed = None if not samples else not failures(d, budget)
         if passed is False and not cfg.force:
-            raise gate_error(cfg.precision, d, budget, len(samples))
+            raise gate_error(cfg.precision, d, budget, len(samples),
+                             auto_tried=min(cfg.max_auto_exclude, len(ranking)) if cfg.auto_exclude else None)
         if passed is False:
             log.warning("writing a model that fails the accuracy gate (--force): %s", ", ".join(failures(d, budget)))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -65,6 +64,7 @@ class Verdict:
     size: tuple[int, int] = (0, 0)  # (H, W)
     n_tiles: int = 0
     mask_quarter: np.ndarray | None = field(default=None, repr=False)  # float32 [ceil(H/4), ceil(W/4)]
+    package_problems: list[str] = field(default_factory=list)  # damaged files the answer did not need
 
     def to_json(self) -> dict[str, Any]:
         """The JSON line of `defaker check --json` and the server (no mask arrays)."""
@@ -74,6 +74,7 @@ class Verdict:
             "provider": self.provider, "fallback": self.fallback,
             "ms": round(self.timings.get("total_ms", float("nan")), 2),
             "height": self.size[0], "width": self.size[1], "tiles": self.n_tiles,
+            **({"package_problems": self.package_problems} if self.package_problems else {}),
         }
 
 
@@ -136,6 +137,7 @@ class Detector:
         self._fp: Backend | None = None
         self._fp_error: str | None = None
         self._fp_lock = threading.Lock()
+        self.package_problems: list[str] = []  # files of the package that failed their check at load
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -168,12 +170,15 @@ class Detector:
             raise ArtifactError(f"{pkg.root}: input mean/std {pkg.mean}/{pkg.std} differ from the runtime's "
                                 f"ImageNet normalization {tiling.MEAN}/{tiling.STD}")
         golden = load_golden(pkg)
+        # DESIGN §6: every file is checked at load, not only the one about to run, so a damaged
+        # package is reported even when the path in use is intact (Detector.package_problems)
+        verified = {f.path: verify_file(pkg, f) for f in pkg.files}
         cands = cls._candidates(pkg, backend, precision, providers, fallback)
         reasons: list[str] = []
         for c in cands:
             try:
                 be = cls._open(pkg, c, golden, providers, student=student, threads=threads,
-                               batch_size=batch_size, trt=trt, cudart=cudart)
+                               batch_size=batch_size, trt=trt, cudart=cudart, verified=verified)
             except BackendUnavailable as e:
                 reasons.append(f"{c.label}: {e.reason}")
                 if fallback == "never":
@@ -183,6 +188,9 @@ class Detector:
             det = cls(pkg, be, fallback=fallback, load_fallback="; ".join(reasons) or None,
                       batch_size=batch_size, mask=mask, mask_dtype=mask_dtype, max_pixels=max_pixels,
                       providers=providers, golden=golden, threads=threads)
+            det.package_problems = [f"{f.path}: {verified[f.path]}" for f in pkg.files if verified[f.path]]
+            for p in det.package_problems:
+                log.warning("%s: %s", pkg.root, p)
             return det
         raise ArtifactError(f"{pkg.root}: no backend could load: " + "; ".join(reasons or ["no candidates"]))
 
@@ -234,7 +242,8 @@ class Detector:
 
     @staticmethod
     def _open(pkg: Package, c: _Candidate, golden: Golden | None, providers: Sequence[str] | None, *,
-              student: str | Path | None, threads: int | None, batch_size: int, trt: Any, cudart: Any) -> Backend:
+              student: str | Path | None, threads: int | None, batch_size: int, trt: Any, cudart: Any,
+              verified: dict[str, str | None] | None = None) -> Backend:
         if c.kind == "torch":
             from .backends.torch_student import TorchBackend
 
@@ -244,7 +253,7 @@ class Detector:
             assert c.entry is not None
             if c.entry.path.startswith("<"):
                 raise BackendUnavailable(c.entry.path.strip("<>"))
-            why = verify_file(pkg, c.entry)
+            why = verified[c.entry.path] if verified and c.entry.path in verified else verify_file(pkg, c.entry)
             if why:
                 raise BackendUnavailable(why)
             if c.kind == "tensorrt":
@@ -420,7 +429,8 @@ class Detector:
         fb = "; ".join(r for r in (self.load_fallback, reason) if r) or None
         return Verdict(fake_prob=prob, is_fake=bool(prob >= th.threshold), threshold=th.threshold, mask=full,
                        backend=be.name, precision=be.precision, fallback=fb, timings=timings, logit=logit,
-                       provider=be.provider, image=job.name, size=(h, w), n_tiles=job.n, mask_quarter=quarter)
+                       provider=be.provider, image=job.name, size=(h, w), n_tiles=job.n, mask_quarter=quarter,
+                       package_problems=list(self.package_problems))
 
     def check(self, image: ImageSource, *, name: str | None = None, mask: str | None = None,
               max_pixels: int | None = None) -> Verdict:
@@ -462,7 +472,8 @@ class Detector:
 
     def info(self) -> dict[str, Any]:
         return {"package": str(self.package.root), "backend": self.backend.name, "precision": self.backend.precision,
-                "provider": self.backend.provider, "fallback": self.load_fallback, "tile": self.spec.tile,
+                "provider": self.backend.provider, "fallback": self.load_fallback,
+                "package_problems": self.package_problems, "tile": self.spec.tile,
                 "overlap": self.spec.overlap, "batch_size": self.batch_size}
 
     def close(self) -> None:

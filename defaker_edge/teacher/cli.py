@@ -17,6 +17,10 @@ def register(sub) -> None:
     i = tsub.add_parser("info", help="parameters per module (built on the meta device: no memory, no weights)")
     i.add_argument("--preset", default="defakerone-2b", help="tiny | reference | defakerone-2b (default)")
     i.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    i.add_argument("--time", action="store_true",
+                   help="also build random weights on --device and time predict on a 600x800 image")
+    i.add_argument("--device", default="cpu", help="device for --time (e.g. cuda)")
+    i.add_argument("--dtype", default=None, help="dtype for --time (default bfloat16 on cuda, float32 on cpu)")
     i.set_defaults(func=_info)
 
     t = tsub.add_parser("train", help="train the reference teacher on (synthetic) forgeries",
@@ -72,12 +76,20 @@ def _info(args) -> int:
     from .info import info
 
     res = info(args.preset)
+    if args.time:
+        from .info import time_predict
+
+        dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+        res["timing"] = time_predict(args.preset, args.device, dtype=dtype)
     if args.json:
         print(json.dumps(res))
     else:
         for k, v in res["params"].items():
             print(f"{k:28s} {v:>15,d}")
         print(f"{'total_params':28s} {res['total_params']:>15,d}")
+        if "timing" in res:
+            t = res["timing"]
+            print(f"predict {t['image'][0]}x{t['image'][1]} on {t['device']} ({t['dtype']}): p50 {t['ms_p50']:.1f} ms")
     return 0
 
 
