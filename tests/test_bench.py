@@ -60,7 +60,7 @@ def bench_run(tmp_path_factory):
     data = _write_data(base / "data")
     cfg = BenchConfig(package=pkg, data=data, out=base / "R", runs=3, warmup=1, batches=(1, 2), image_size=IMAGE,
                       backends=["ort-cpu", "ort-cuda"], robustness=True,
-                      robustness_levels={"jpeg": [90, 50], "resize": [0.5, 1.5]})
+                      robustness_levels={"jpeg": [90, 50], "resize": [0.5, 1.5]}, robustness_limit=8)
     rep = run_bench(cfg)
     return pkg, data, cfg, rep
 
@@ -143,7 +143,7 @@ def test_robustness_rows(bench_run):
     assert len(rb["rows"]) == 2 * 4
     keys = {(r["variant"], r["perturbation"], r["level"]) for r in rb["rows"]}
     assert ("int8-cpu", "resize", 1.5) in keys and ("fp32", "jpeg", 50) in keys
-    assert all(r["n"] == 10 for r in rb["rows"])
+    assert rb["n_images"] == 8 and all(r["n"] == 8 for r in rb["rows"])  # --robustness-limit 8 of 10
 
 
 def test_speedups_and_targets_from_rows(bench_run):

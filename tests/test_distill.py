@@ -135,6 +135,22 @@ def test_resume_continues_bit_for_bit(manifest, teacher, tmp_path):
         assert torch.equal(va, vb), k
 
 
+def test_distill_from_a_teacher_cache(manifest, teacher, tmp_path):
+    """--cache: targets come from the teacher stage's TeacherCache, keyed by Sample.key."""
+    cache_mod = pytest.importorskip("defaker_edge.teacher.cache")
+    cache_mod.write_cache(teacher, load_dataset(manifest), cache_mod.CacheConfig(out=str(tmp_path / "cache")))
+    res = distill(small_cfg(manifest, tmp_path / "s", cache=str(tmp_path / "cache"), steps=2))
+    assert res.report["metrics"]["teacher"]["image_auc"] == 1.0
+    assert "kd" in res.report["losses"][0] and "mask_kd" in res.report["losses"][0]
+
+
+def test_feature_kd_uses_teacher_features(manifest, tmp_path):
+    feat_teacher = OracleTeacher(manifest, features=16)
+    w = LossWeights(feat=0.5)
+    res = distill(small_cfg(manifest, tmp_path / "s", steps=2, eval_max=0, weights=w), teacher=feat_teacher)
+    assert all("feat" in h for h in res.report["losses"])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -179,18 +195,21 @@ def test_cli_errors_are_one_line(manifest, tmp_path):
     assert r.returncode == 2 and "--w" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_cli_distill_with_the_tiny_teacher(manifest, tmp_path):
+def test_cli_distill_with_the_tiny_teacher(manifest, tmp_path, capsys):
+    """`defaker distill --teacher tiny ...` through the real CLI and the teacher stage (in-process)."""
     pytest.importorskip("defaker_edge.teacher")
     from defaker_edge import teacher as t
+    from defaker_edge.cli import main
 
     if not hasattr(t, "load_teacher"):
         pytest.skip("teacher stage not built yet")
     out = tmp_path / "D"
-    r = subprocess.run([sys.executable, "-m", "defaker_edge", "distill", "--teacher", "tiny", "--data", manifest,
-                        "--student", "compact-s", "--steps", "3", "--tile", "128", "--crop", "64", "--batch", "4",
-                        "--eval-max", "2", "--out", str(out), "--json"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    summary = json.loads(r.stdout)
-    assert "student_metrics" in summary and "teacher_metrics" in summary
+    rc = main(["distill", "--teacher", "tiny", "--data", manifest, "--student", "compact-s", "--steps", "3",
+               "--tile", "128", "--crop", "64", "--batch", "4", "--eval-max", "6", "--threads", "1",
+               "--out", str(out), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"student", "teacher"} <= set(summary["metrics"])
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["metrics"]["teacher"]["n"] == 6 and rep["teacher"]["spec"] == "tiny"
     assert (out / "model.safetensors").is_file()

@@ -182,6 +182,16 @@ def test_real_tiles_come_from_the_dataset(tmp_path):
     assert not np.array_equal(g, golden_input(TILE, None))  # and not the generated fallback
 
 
+def test_without_data_the_bundled_photos_are_used():
+    from defaker_edge.data.io import load_image
+    from defaker_edge.export.golden import BUNDLED, PHOTO_DIR
+
+    if not (PHOTO_DIR / BUNDLED[0]).is_file():
+        pytest.skip("bundled photos not installed")
+    g = golden_input(TILE)
+    np.testing.assert_array_equal(g[0], load_image(PHOTO_DIR / BUNDLED[0])[:TILE, :TILE])
+
+
 def test_generated_image_is_deterministic_and_textured():
     a, b = generated_image(seed=0), generated_image(seed=0)
     np.testing.assert_array_equal(a, b)

@@ -123,3 +123,15 @@ def test_prune_end_to_end_is_smaller_exports_and_needs_no_peft(manifest, tmp_pat
     np.testing.assert_allclose(lg, rl.numpy(), atol=1e-4, rtol=1e-3)
     assert mk.shape == (1, 1, scfg.tile // 4, scfg.tile // 4)
     assert "student" in res.report["val"] and "unpruned" in res.report["val"]
+
+
+def test_cli_prune(manifest, tmp_path, capsys):
+    from defaker_edge.cli import main
+
+    src = _student_dir(tmp_path)
+    rc = main(["prune", "--student", str(src), "--data", manifest, "--ratio", "0.5", "--steps", "4", "--batch", "4",
+               "--crop", "64", "--eval-max", "0", "--threads", "1", "--out", str(tmp_path / "P"), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["prune"]["params_cut"] >= 0.4
+    assert main(["prune", "--student", str(src), "--data", manifest, "--ratio", "1.5", "--out", str(tmp_path / "Q")]) == 2

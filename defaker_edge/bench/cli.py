@@ -69,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--robustness-levels", help="e.g. 'jpeg=100,70,50;blur=3,11,23;noise=3,23;resize=0.5,1.5' "
                    "(default: 4 levels each over IMDLBenCo's ranges)")
     r.add_argument("--robustness-variants", type=_csv, help="variants to perturb (default: fp32 and the CPU INT8)")
+    r.add_argument("--robustness-limit", type=int, help="perturb only the first N images (default: all; each "
+                   "level re-runs every image)")
     p.add_argument("--compare", help="an earlier report.json: print p50 ratios and AUC deltas per variant")
     p.add_argument("--no-detector", action="store_true", help="score accuracy with the bench's own ONNX adapter "
                    "instead of the runtime's Detector")
@@ -96,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         teacher_runs=args.teacher_runs, teacher_warmup=args.teacher_warmup, teacher_dtype=args.teacher_dtype,
         teacher_device=args.teacher_device, teacher_timeout_s=args.teacher_timeout, robustness=args.robustness,
         robustness_levels=levels, robustness_variants=args.robustness_variants,
+        robustness_limit=args.robustness_limit,
         compare=Path(args.compare) if args.compare else None, prefer_detector=not args.no_detector,
         seed=args.seed, plots=not args.no_plots)
     rep = run_bench(cfg)

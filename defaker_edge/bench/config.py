@@ -36,6 +36,7 @@ class BenchConfig:
     robustness: bool = False
     robustness_levels: dict[str, list[float]] | None = None  # None: robustness.DEFAULT_LEVELS
     robustness_variants: list[str] | None = None  # None: fp32 and the CPU INT8 the runtime would pick
+    robustness_limit: int | None = None  # first N images only (16 levels x variants x images adds up)
     compare: Path | None = None
     prefer_detector: bool = True  # accuracy through the runtime's Detector when it loads the variant
     worker_timeout_s: float = 1800.0
@@ -62,8 +63,8 @@ class BenchConfig:
         for spec in (self.teacher, self.teacher_preset):
             if spec:
                 _check_teacher_spec(spec)
-        if self.limit is not None and self.limit < 1:
-            raise DefakerError("--limit must be >= 1")
+        if (self.limit is not None and self.limit < 1) or (self.robustness_limit is not None and self.robustness_limit < 1):
+            raise DefakerError("--limit and --robustness-limit must be >= 1")
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -247,6 +247,8 @@ def _robustness(cfg: BenchConfig, pkg: PackageInfo, samples, predictors: dict, b
     levels = cfg.robustness_levels or parse_levels(None)
     if samples is None:
         return {"status": "skipped", "reason": "no --data given", "levels": levels, "rows": []}
+    if cfg.robustness_limit:
+        samples = samples[:cfg.robustness_limit]
     wanted = cfg.robustness_variants or [p for p in ("fp32", cpu_int8_variant(pkg)) if p]
     rows, skipped = [], {}
     for v in wanted:
@@ -255,5 +257,5 @@ def _robustness(cfg: BenchConfig, pkg: PackageInfo, samples, predictors: dict, b
             continue
         rows += run_robustness(predictors[v], samples, pkg.threshold, levels, variant=v, backend=backend,
                                seed=cfg.seed)
-    return {"status": "ok", "levels": levels, "variants": [v for v in wanted if v in predictors],
+    return {"status": "ok", "levels": levels, "n_images": len(samples), "variants": [v for v in wanted if v in predictors],
             "skipped": skipped, "backend": backend, "rows": rows}

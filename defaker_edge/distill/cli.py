@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--crop", type=int, default=256)
     q.add_argument("--lr", type=float, default=2e-3)
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--drop-blocks", type=int, help="whole blocks to remove (default: ratio/4 of the removable ones)")
+    q.add_argument("--drop-blocks", type=int, help="whole residual blocks to remove, least important first (default: round(ratio/4 x blocks))")
     q.add_argument("--threads", type=int)
     q.add_argument("--eval-max", type=int, default=200, help="held-out images to evaluate (0: none)")
     q.add_argument("--out", required=True)
@@ -99,15 +99,7 @@ def _weights(items: list[str], temperature: float):
 
 
 def _summary(report: dict) -> dict:
-    val = report.get("val") or {}
-    out = {"student": report.get("student")}
-    for who in ("student", "teacher"):
-        if who in val:
-            o = val[who]["overall"]
-            out[f"{who}_metrics"] = {k: o[k] for k in ("image_auc", "pixel_f1", "balanced_acc")}
-    if "retention" in val:
-        out["retention"] = val["retention"]
-    return out
+    return {"student": report.get("student"), "metrics": report.get("metrics", {})}
 
 
 def _distill(args: argparse.Namespace) -> int:

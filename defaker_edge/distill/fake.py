@@ -41,14 +41,16 @@ class OracleTeacher:
     def _key(img: np.ndarray) -> str:
         return hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest()
 
-    def predict(self, img: np.ndarray) -> FakeTeacherOutput:
+    def predict(self, img: np.ndarray, return_features: bool = False) -> FakeTeacherOutput:
         import torch
 
         label, m = self._gt.get(self._key(img), (0, np.zeros(img.shape[:2], bool)))
         rng = np.random.default_rng([self.seed, img.shape[0], img.shape[1]])
         logits = np.where(m, 3.0, -3.0) + rng.normal(0, self.noise, m.shape)
         p = float(np.clip(0.85 * label + 0.1 + rng.normal(0, 0.05), 0.01, 0.99))
-        feats = torch.from_numpy(rng.normal(size=(4, self.features)).astype(np.float32) + label) if self.features else None
+        feats = None
+        if self.features and return_features:  # [C, h, w], as the teacher's SAM2 embedding
+            feats = torch.from_numpy(rng.normal(size=(self.features, 2, 2)).astype(np.float32) + label)
         return FakeTeacherOutput(p, torch.from_numpy(logits.astype(np.float32)), None, feats)
 
 

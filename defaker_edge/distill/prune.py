@@ -162,7 +162,7 @@ def prune(cfg: PruneConfig) -> PruneResult:
     reference = copy.deepcopy(model).eval()  # the unpruned student: teacher of last resort, and the baseline
     spec = model.prune_spec()
     n_blocks = len(spec.blocks)
-    drop_n = cfg.drop_blocks if cfg.drop_blocks is not None else int(n_blocks * cfg.ratio / 4)
+    drop_n = cfg.drop_blocks if cfg.drop_blocks is not None else round(n_blocks * cfg.ratio / 4)
     drop_n = max(0, min(drop_n, n_blocks - 1))
     train, held, held_name = split_samples(cfg.data)
     dcfg = DistillConfig(data=cfg.data, out=cfg.out, teacher=cfg.teacher, cache=cfg.cache)
@@ -245,7 +245,8 @@ def prune(cfg: PruneConfig) -> PruneResult:
                   "macs_before": before["macs"], "macs_after": after["macs"],
                   "flops_before": before["flops"], "flops_after": after["flops"],
                   "groups": {g.name: {"size": g.size, "kept": keep[g.name]} for g in spec.groups},
-                  "dropped_blocks": new_cfg.pruned["dropped_blocks"]},
+                  "dropped_blocks": new_cfg.pruned["dropped_blocks"],
+                  "block_importance": {f"{p}.{i}": v for (p, i), v in sorted(block_ema.items())}},
         "student": {"preset": new_cfg.preset, "family": new_cfg.family, "tile": new_cfg.tile, **after},
         "train_seconds": round(train_s, 1), "losses": history, "val": val, "tools": tool_versions(),
     }

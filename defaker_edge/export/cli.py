@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--tile", type=int, help="input tile T (default: the student's)")
     p.add_argument("--data", help="dataset manifest: real tiles for validation and the golden input "
-                                  "(default: a generated photo-like image)")
+                                  "(default: the bundled photos in defaker_edge/assets/photos)")
     p.add_argument("--atol", type=float, default=1e-3, help="validation tolerance: atol + rtol*max|output|")
     p.add_argument("--rtol", type=float, default=1e-3)
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")

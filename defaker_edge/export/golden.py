@@ -53,9 +53,24 @@ def _dataset_images(data: str | os.PathLike, n: int) -> list[np.ndarray]:
     return [load_image(s.image) for s in chosen]
 
 
+# Real colour photographs bundled with the package (assets/LICENSES.md); the first gives the golden tile.
+PHOTO_DIR = Path(__file__).resolve().parents[1] / "assets" / "photos"
+BUNDLED = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")
+
+
+def bundled_images(n: int) -> list[np.ndarray]:
+    """Up to n bundled real photos; [] where the assets are not installed."""
+    from ..data.io import load_image
+
+    return [load_image(PHOTO_DIR / f) for f in BUNDLED[:n] if (PHOTO_DIR / f).is_file()]
+
+
 def real_tiles(tile: int, data: str | os.PathLike | None = None, n_images: int = 3, max_tiles: int = 8) -> np.ndarray:
-    """uint8 [N, T, T, 3] native-resolution tiles of a few real images (or of the generated one)."""
-    images = _dataset_images(data, n_images) if data else [generated_image()]
+    """uint8 [N, T, T, 3] native-resolution tiles of a few real images.
+
+    From the dataset when one is given, else the bundled photos, else the generated image.
+    """
+    images = _dataset_images(data, n_images) if data else (bundled_images(n_images) or [generated_image()])
     spec = TileSpec(tile=tile, overlap=min(64, tile // 4))
     out = []
     for img in images:

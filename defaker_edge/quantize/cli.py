@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="held-out data for the gate (manifest.jsonl); default: the calibration source")
     p.add_argument("--split", help="held-out split(s) of --data, e.g. val or val,test (default val, else test)")
     p.add_argument("--force", action="store_true", help="write the model even if it fails the gate")
-    p.add_argument("--calib-n", type=int, help="use only the first N calibration tiles")
+    p.add_argument("--calib-n", type=int, help="use N calibration tiles (a seeded mix of all domains; default all)")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the gate's evaluation (default: all)")
     p.add_argument("--bench-threads", type=int, default=1,
                    help="ONNX Runtime threads when timing int8-cpu against FP32 (default 1)")

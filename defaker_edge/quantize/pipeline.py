@@ -126,7 +126,12 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
     if source["tile"] and source["tile"] != tile:
         raise DefakerError(f"the calibration tiles are {tile} px but the student was built for {source['tile']}: "
                            f"rebuild the calibration set with --tile {source['tile']}")
-    calib = np.concatenate(list(cs.batches(cfg.batch, limit=cfg.calib_n)))
+    # The set is stored grouped by domain and label; a seeded shuffle makes any prefix (--calib-n,
+    # the sensitivity tiles, the timing tiles) a mix of every domain and both labels.
+    order = np.random.default_rng(cfg.seed).permutation(len(cs))[:cfg.calib_n or len(cs)]
+    from ..runtime.tiling import normalize
+
+    calib = np.concatenate([normalize(cs.tiles[order[a:a + 64]]) for a in range(0, len(order), 64)])
 
     data = cfg.data or cs.manifest.get("data")
     samples = None

@@ -72,6 +72,12 @@ class TeacherConfig:
     highpass_vision: bool = False
     highpass_sam: bool = False
     highpass_gain: float = 4.0
+    # 0: predict() sees the whole image (InternVL tiling + SAM2 resize), as DeFakerOne does.
+    # T > 0: predict() runs that same path on each native-resolution T x T tile (runtime.tiling,
+    # JPEG-grid aligned) and stitches: mask logits averaged where tiles overlap, fake_prob = max
+    # over tiles. Small models trained on native crops need this: resizing erases the traces.
+    native_tile: int = 0
+    native_overlap: int = 32
 
     # --- derived sizes ---------------------------------------------------------------------
     @property
@@ -127,6 +133,8 @@ class TeacherConfig:
             problems.append("no detection questions")
         if len(self.answer_positive) != 4 or len(self.answer_negative) != 4:
             problems.append("answer words must be four positive and four negative")
+        if self.native_tile and self.native_tile <= self.native_overlap:
+            problems.append("native_tile must exceed native_overlap")
         if self.force_image_size % self.patch_size:
             problems.append(f"force_image_size {self.force_image_size} is not a multiple of patch {self.patch_size}")
         if not (1 <= self.min_dynamic_patch <= self.max_dynamic_patch):
@@ -175,11 +183,12 @@ PRESETS: dict[str, TeacherConfig] = {
         force_image_size=224, max_dynamic_patch=6,
     ),
     # Small enough to train on 2 CPU cores in under an hour, with the noise-residual input. One
-    # 112 tile (max_dynamic_patch=1) at training and inference: 16 image tokens per image.
+    # Trained on native 128 crops; inference on native 128 tiles (native_tile): both towers see
+    # pixels at their original scale (128 = the InternVL tile = SAM2's input: no resize at all).
     "reference": TeacherConfig(
         preset="reference",
         vision={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
-                "image_size": 112, "patch_size": 14, "attention_bias": True, "use_mean_pooling": True,
+                "image_size": 128, "patch_size": 16, "attention_bias": True, "use_mean_pooling": True,
                 "num_channels": 6},
         text={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
               "intermediate_size": 128, "max_position_embeddings": 2048},
@@ -187,8 +196,8 @@ PRESETS: dict[str, TeacherConfig] = {
         # dominated the step time; so this preset's seg_embedding is 64-d.
         sam2=_sam2(image=128, hidden=16, dims=[16, 32, 64, 128], heads=[1, 1, 2, 4], blocks=[1, 1, 2, 1],
                    windows=[8, 4, 8, 4], global_blocks=[], d_model=64, dec_mlp=128, dec_heads=2, channels=6),
-        force_image_size=112, max_dynamic_patch=1, use_thumbnail=True,
-        highpass_vision=True, highpass_sam=True,
+        force_image_size=128, max_dynamic_patch=1, use_thumbnail=True,
+        highpass_vision=True, highpass_sam=True, native_tile=128, native_overlap=32,
     ),
     # Real sizes: InternViT-300M-448px + an InternLM2-1.8B-shaped Llama + SAM2.0 Hiera-L.
     "defakerone-2b": TeacherConfig(

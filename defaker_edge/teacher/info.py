@@ -38,7 +38,7 @@ def time_predict(preset: str, device: str = "cpu", runs: int = 5, height: int = 
     torch.manual_seed(0)
     with torch.device(device):
         model = DeFakerOneTeacher(cfg, tok, vocab_size=int(cfg.text.get("vocab_size") or len(tok)))
-    model = model.to(getattr(torch, dtype)).eval()
+    model = model.to(device=device, dtype=getattr(torch, dtype)).eval()
     img = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     model.predict(img)  # warm-up

@@ -177,9 +177,29 @@ class DeFakerOneTeacher(nn.Module):
     @torch.no_grad()
     def predict(self, img: np.ndarray, *, question_mode: str | None = None,
                 return_features: bool = False) -> TeacherOutput:
-        """uint8 [H, W, 3] -> TeacherOutput (see module docstring)."""
+        """uint8 [H, W, 3] -> TeacherOutput (see module docstring; config.native_tile for tiled mode)."""
         if self.tokenizer is None:
             raise ValueError("this teacher was built without a tokenizer (meta/counting only)")
+        if not self.cfg.native_tile:
+            return self._predict_whole(img, question_mode, return_features)
+        from ..runtime.tiling import TileSpec, cut_tiles, tile_origins
+
+        t = self.cfg.native_tile
+        h, w = img.shape[:2]
+        origins = tile_origins(h, w, TileSpec(tile=t, overlap=self.cfg.native_overlap))
+        acc, cnt = torch.zeros(h, w), torch.zeros(h, w)
+        best = None
+        for (y, x), tile in zip(origins, cut_tiles(img, origins, t)):
+            o = self._predict_whole(tile, question_mode, return_features)
+            hh, ww = min(t, h - y), min(t, w - x)
+            acc[y:y + hh, x:x + ww] += o.mask_logits[:hh, :ww]
+            cnt[y:y + hh, x:x + ww] += 1
+            if best is None or o.fake_prob > best.fake_prob:
+                best = o
+        return TeacherOutput(fake_prob=best.fake_prob, mask_logits=acc / cnt, seg_embedding=best.seg_embedding,
+                             vision_features=best.vision_features)
+
+    def _predict_whole(self, img: np.ndarray, question_mode: str | None, return_features: bool) -> TeacherOutput:
         mode = question_mode or self.cfg.question_mode
         cfg = self.cfg
         h, w = img.shape[:2]
