@@ -30,5 +30,9 @@ test-slow: $(STAMP)
 default-model: $(STAMP)
 	bash scripts/default_model.sh
 
+# The committed benchmark (about an hour on an idle 2-core machine; the 2B teacher needs ~11 GB).
+bench: $(STAMP)
+	bash scripts/bench.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

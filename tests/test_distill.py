@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -188,11 +186,16 @@ def test_ddp_two_gloo_processes_follow_the_single_process_curve(manifest, teache
             torch.testing.assert_close(o1, o2, atol=1e-4, rtol=1e-3)
 
 
-def test_cli_errors_are_one_line(manifest, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "defaker_edge", "distill", "--cache", str(tmp_path / "none"),
-                        "--data", manifest, "--out", str(tmp_path / "o"), "--w", "bogus=1"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--w" in r.stderr and "Traceback" not in r.stderr
+def test_cli_errors_are_one_line(manifest, tmp_path, capsys):
+    from defaker_edge.cli import main
+
+    rc = main(["distill", "--cache", str(tmp_path / "none"), "--data", manifest, "--out", str(tmp_path / "o"),
+               "--w", "bogus=1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--w" in err and "Traceback" not in err
+    rc = main(["distill", "--teacher", "tiny", "--data", manifest, "--out", str(tmp_path / "o"), "--batch", "3",
+               "--crop", "100"])
+    assert rc == 2 and "--crop" in capsys.readouterr().err
 
 
 def test_cli_distill_with_the_tiny_teacher(manifest, tmp_path, capsys):

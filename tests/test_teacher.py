@@ -54,7 +54,7 @@ def test_answer_probability_math(tiny):
     assert tuple(words) == ANSWER_WORDS
 
 
-def test_predict_uses_first_token_probability(tiny, monkeypatch):
+def test_predict_uses_first_token_probability(tiny):
     """Drive the LM head to fixed logits: predict must report exactly the positive mass."""
     vocab = len(tiny.tokenizer)
     fixed = torch.zeros(vocab)
@@ -64,11 +64,15 @@ def test_predict_uses_first_token_probability(tiny, monkeypatch):
         def forward(self, h):
             return fixed.expand(*h.shape[:-1], vocab)
 
-    monkeypatch.setattr(tiny.vlm, "lm_head", Fixed())
-    out = tiny.predict(np.zeros((64, 64, 3), np.uint8))
+    old = tiny.vlm.lm_head
+    tiny.vlm.lm_head = Fixed()  # (monkeypatch's undo does not restore nn.Module children reliably)
+    try:
+        out = tiny.predict(np.zeros((64, 64, 3), np.uint8))
+        both = tiny.predict(np.zeros((64, 64, 3), np.uint8), question_mode="all")
+    finally:
+        tiny.vlm.lm_head = old
     e = np.exp([3.0, 0, 0, 0, 1.0, 0, 0, 0])
     assert out.fake_prob == pytest.approx(e[:4].sum() / e.sum(), abs=1e-6)
-    both = tiny.predict(np.zeros((64, 64, 3), np.uint8), question_mode="all")
     assert both.fake_prob == pytest.approx(out.fake_prob, abs=1e-6)
 
 
@@ -140,3 +144,19 @@ def test_train_smoke(tmp_path):
     assert (tmp_path / "t" / "TRAINING.md").is_file()
     back = load_teacher(str(tmp_path / "t"))
     assert back.cfg.preset == "tiny"
+
+
+def test_native_tile_mode_stitches(tiny, monkeypatch):
+    """native_tile: the Sa2VA path per native tile; mask at full size, fake_prob = max over tiles."""
+    from defaker_edge.runtime.tiling import TileSpec, cut_tiles, tile_origins
+
+    img = np.random.default_rng(2).integers(0, 256, (100, 140, 3), dtype=np.uint8)
+    monkeypatch.setattr(tiny.cfg, "native_tile", 64)
+    monkeypatch.setattr(tiny.cfg, "native_overlap", 16)
+    out = tiny.predict(img)
+    assert tuple(out.mask_logits.shape) == (100, 140) and torch.isfinite(out.mask_logits).all()
+    origins = tile_origins(100, 140, TileSpec(tile=64, overlap=16))
+    per = [tiny._predict_whole(t, None, False) for t in cut_tiles(img, origins, 64)]
+    assert out.fake_prob == pytest.approx(max(p.fake_prob for p in per), abs=1e-7)
+    # a pixel only the first tile covers keeps that tile's logit
+    assert float(out.mask_logits[0, 0]) == pytest.approx(float(per[0].mask_logits[0, 0]), abs=1e-5)

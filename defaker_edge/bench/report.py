@@ -176,7 +176,8 @@ def markdown(report: dict) -> str:
     lines += ["", "## Targets", "", "| target | measured | pass |", "|---|---|---|"]
     for t in report.get("targets", []):
         ok = {True: "yes", False: "**no**", None: "not measured"}[t["passed"]]
-        lines.append(f"| {t['name']} {t['op']} {t['target']:g}{t['unit']} | {_f(t['measured'], 1, t['unit'])} | {ok}"
+        nd = 2 if t["unit"] == "x" else 1  # 1.29x must not print as a passing-looking 1.3x
+        lines.append(f"| {t['name']} {t['op']} {t['target']:g}{t['unit']} | {_f(t['measured'], nd, t['unit'])} | {ok}"
                      + (f" ({t['note']})" if t.get("note") else "") + " |")
     rb = report.get("robustness")
     if rb and rb.get("rows"):

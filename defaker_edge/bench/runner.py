@@ -167,7 +167,7 @@ def run_bench(cfg: BenchConfig) -> BenchReport:
     from ..data.dataset import load_dataset
 
     cfg.validate()
-    t_start = time.perf_counter()
+    t_start, started = time.perf_counter(), utc_now()
     pkg = read_package(cfg.package)
     machine = machine_info()
     samples = None
@@ -201,7 +201,7 @@ def run_bench(cfg: BenchConfig) -> BenchReport:
         robustness = _robustness(cfg, pkg, samples, predictors, acc_backend)
 
     report = {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION, "created": utc_now(),
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "created": started, "finished": utc_now(),
         "machine": machine, "tools": tool_versions(["opencv-python-headless", "matplotlib"]),
         "config": cfg.to_json(), "package": pkg.summary(),
         "data": _data_summary(cfg, samples),

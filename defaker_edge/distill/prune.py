@@ -167,7 +167,8 @@ def prune(cfg: PruneConfig) -> PruneResult:
     train, held, held_name = split_samples(cfg.data)
     dcfg = DistillConfig(data=cfg.data, out=cfg.out, teacher=cfg.teacher, cache=cfg.cache)
     targets = _targets(dcfg, None) if (cfg.teacher or cfg.cache) else None
-    sampler = TileSampler(ImageStore(train, targets), cfg.crop, cfg.seed)
+    crop = scfg.tile if scfg.family == "pruned-teacher" else cfg.crop  # a ViT's input size is fixed
+    sampler = TileSampler(ImageStore(train, targets), crop, cfg.seed)
 
     pattern = "^(" + "|".join(n.replace(".", r"\.") for n in spec.lora_targets) + ")$"
     lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, lora_dropout=0.0, target_modules=pattern)

@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..artifacts import sha256_file, tool_versions, utc_now, write_json
+from ..artifacts import sha256_file, tool_versions, utc_now
 from ..data import Sample, load_dataset
-from ..errors import ArtifactError, DefakerError
+from ..errors import DefakerError
 from ..student import StudentConfig, build_student, save_student
 from ..student.flops import count_flops
 from . import ddp
@@ -140,14 +140,9 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     d = ddp.init_distributed()
     if cfg.batch % d.world:
         raise DefakerError(f"--batch {cfg.batch} must be divisible by the number of processes ({d.world})")
-    if cfg.crop % 32 or cfg.crop > cfg.tile:
-        raise DefakerError(f"--crop must be a multiple of 32 and <= --tile, got {cfg.crop}")
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // d.world))
     out = Path(cfg.out)
     ckpt = out / "checkpoint" / "state.pt"
-    train, held, held_name = split_samples(cfg.data)
-    targets = _targets(cfg, teacher)
-
     scfg = StudentConfig.preset(cfg.student, tile=cfg.tile)
     tdir = _teacher_dir(cfg.teacher)
     if scfg.family == "pruned-teacher" and tdir is not None:
@@ -157,6 +152,15 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
         n = dims["layers"]
         scfg.dim, scfg.heads, scfg.mlp = dims["dim"], [dims["heads"]] * n, [dims["mlp"]] * n
         scfg.head_dim, scfg.init_from = dims["dim"] // dims["heads"], str(tdir)
+    crop = cfg.crop
+    if scfg.family == "compact" and (crop % 32 or crop > scfg.tile):
+        raise DefakerError(f"--crop must be a multiple of 32 and <= --tile, got {crop}")
+    if scfg.family == "pruned-teacher" and crop != scfg.tile:
+        # a ViT's position embeddings fix its input size: it trains on whole T x T tiles
+        log.warning("pruned-teacher students train at crop = tile (%d), not %d", scfg.tile, crop)
+        crop = scfg.tile
+    train, held, held_name = split_samples(cfg.data)
+    targets = _targets(cfg, teacher)
     torch.manual_seed(cfg.seed)
     student = build_student(scfg).to(d.device)
     store = ImageStore(train, targets)
@@ -187,7 +191,7 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     elif cfg.resume:
         log.warning("--resume: no checkpoint at %s, starting fresh", ckpt)
     model = nn.parallel.DistributedDataParallel(net) if d.enabled else net
-    sampler = TileSampler(store, cfg.crop, cfg.seed, cfg.aug)
+    sampler = TileSampler(store, crop, cfg.seed, cfg.aug)
     local = cfg.batch // d.world
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     t_start = time.time()

@@ -72,6 +72,13 @@ def _prepare(model, samples, desc: str):
         if n % 200 == 0:
             log.info("%s: %d/%d", desc, n, len(samples))
         img = load_image(s.image)
+        if cfg.native_tile:  # keep the full image: crops are drawn per step
+            m = load_mask(s.mask)[0] if (s.label and s.mask) else None
+            pts = np.argwhere(m) if m is not None and m.any() else None
+            if pts is not None and len(pts) > 4000:
+                pts = pts[np.random.default_rng(n).choice(len(pts), 4000, replace=False)]
+            items.append((img, m, pts, int(s.label)))
+            continue
         tiles = dynamic_tiles(img, cfg.force_image_size, cfg.min_dynamic_patch,
                               cfg.max_dynamic_patch if cfg.dynamic_image_size else 1, cfg.use_thumbnail)
         tgt = np.zeros((s4, s4), np.float32)
@@ -83,13 +90,48 @@ def _prepare(model, samples, desc: str):
     return items
 
 
+MIN_FAKE_PIXELS = 64  # a crop with fewer manipulated pixels is labelled real (no visible evidence)
+
+
+def _native_crop(model, item, rng: random.Random):
+    """A random native-resolution T x T crop on the 8-pixel JPEG grid; fakes are centred on the
+    manipulated region 70% of the time. -> (tiles, sam input, mask target, label) like _prepare."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..runtime.tiling import cut_tiles
+    from .tiling import dynamic_tiles, sam_input
+
+    img, mask, pts, label = item
+    cfg, t = model.cfg, model.cfg.native_tile
+    h, w = img.shape[:2]
+    if pts is not None and rng.random() < 0.7:
+        cy, cx = pts[rng.randrange(len(pts))]
+        y0, x0 = int(cy) - rng.randrange(t), int(cx) - rng.randrange(t)
+    else:
+        y0, x0 = rng.randrange(max(1, h - t + 1)), rng.randrange(max(1, w - t + 1))
+    y0 = max(0, min(y0, h - t)) // 8 * 8
+    x0 = max(0, min(x0, w - t)) // 8 * 8
+    crop = cut_tiles(img, [(y0, x0)], t)[0]
+    m = np.zeros((t, t), np.float32)
+    if mask is not None:
+        part = mask[y0:y0 + t, x0:x0 + t]
+        m[:part.shape[0], :part.shape[1]] = part
+    lab = int(label and (mask is None or m.sum() >= MIN_FAKE_PIXELS))
+    s4 = cfg.sam_image_size // 4
+    tgt = F.interpolate(torch.from_numpy(m)[None, None], size=(s4, s4), mode="area")[0, 0].numpy()
+    tiles = dynamic_tiles(crop, cfg.force_image_size, cfg.min_dynamic_patch, 1, cfg.use_thumbnail)
+    return tiles, np.array(sam_input(crop, cfg.sam_image_size)), tgt, lab
+
+
 def _batch(model, items, idx, rng: random.Random):
     import torch
 
     ids, ans_pos, seg_pos, tiles, sams, tgts, labels = [], [], [], [], [], [], []
     yes, no = model.ids.positive[0], model.ids.negative[0]
     for i in idx:
-        t, sam, tgt, label = items[i]
+        item = _native_crop(model, items[i], rng) if model.cfg.native_tile else items[i]
+        t, sam, tgt, label = item
         p = model.prompt_ids(rng.choice(model.cfg.questions), len(t))
         ans_pos.append(len(p) - 1)
         seg_pos.append(len(p) + 1)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# `make default-model`: the whole pipeline, end to end, on this machine's CPU:
+#   synthetic data -> reference teacher -> distill + LoRA-prune -> calibrate -> quantize -> export -> verify
+# It rewrites models/default-student and the default package (defaker_edge/models/default, which
+# models/default links to). The committed reference teacher is reused unless RETRAIN_TEACHER=1,
+# because training it is the longest step (see models/reference-teacher/TRAINING.md).
+# Knobs (environment): N (synthetic images), DISTILL_STEPS, PRUNE_STEPS, WORK (scratch dir).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+WORK=${WORK:-runs/default}
+N=${N:-1600}
+DISTILL_STEPS=${DISTILL_STEPS:-1500}
+PRUNE_STEPS=${PRUNE_STEPS:-300}
+TEACHER=models/reference-teacher
+PKG=defaker_edge/models/default
+DATA=$WORK/data/manifest.jsonl
+mkdir -p "$WORK"
+say() { echo "== [$(date +%H:%M:%S)] $*" >&2; }
+
+say "synthetic data: $N images (80/10/10 train/val/test by index)"
+[ -f "$DATA" ] || $BIN/defaker data synth --out "$WORK/data" --n "$N" --seed 0
+
+if [ "${RETRAIN_TEACHER:-0}" = 1 ] || [ ! -f "$TEACHER/model.safetensors" ]; then
+  say "reference teacher"
+  $BIN/defaker teacher train --preset reference --data "$DATA" --out "$TEACHER"
+fi
+
+say "distill: teacher -> compact student ($DISTILL_STEPS steps)"
+$BIN/defaker distill --teacher "$TEACHER" --data "$DATA" --student compact --steps "$DISTILL_STEPS" \
+  --out "$WORK/student" ${DISTILL_RESUME:+--resume}
+
+say "prune 50% by LoRA-gradient importance, LoRA recovery, merge, slice"
+rm -rf models/default-student
+$BIN/defaker prune --student "$WORK/student" --data "$DATA" --teacher "$TEACHER" --ratio 0.5 \
+  --steps "$PRUNE_STEPS" --out models/default-student
+
+say "calibration set and thresholds"
+rm -rf "$WORK/calib"
+$BIN/defaker calibrate build --data "$DATA" --out "$WORK/calib"
+$BIN/defaker calibrate thresholds --model models/default-student --data "$DATA"
+
+for p in int8-cpu int8 fp8; do
+  say "quantize $p"
+  rm -rf "$WORK/q-$p"
+  # fp8 is recorded, not gated: ORT CPU emulates FP8 Q/DQ, and the gate is for the shipped INT8
+  $BIN/defaker quantize --model models/default-student --calib "$WORK/calib" --precision "$p" \
+    --data "$DATA" --out "$WORK/q-$p" $([ "$p" = fp8 ] && echo --force)
+done
+
+say "thresholds: widen the uncertainty band to cover CPU INT8 disagreements"
+$BIN/defaker calibrate thresholds --model models/default-student --data "$DATA" \
+  --compare "$WORK/q-int8-cpu/model.onnx"
+
+say "export the package"
+$BIN/defaker export --model models/default-student --quantized "$WORK/q-int8" "$WORK/q-int8-cpu" "$WORK/q-fp8" \
+  --data "$DATA" --out "$PKG" --force
+$BIN/defaker package verify "$PKG"
+say "done: $PKG ($(du -sh "$PKG" | cut -f1))"
