@@ -183,3 +183,30 @@ def test_quantize_cli_int8(student_dir, calib, small_val, tmp_path, capsys):
     rc = main(["quantize", "--model", str(student_dir), "--calib", str(tmp_path / "nope"), "--precision", "int8",
                "--out", str(tmp_path / "Q2")])
     assert rc == 2 and "nope" in capsys.readouterr().err
+
+
+def test_module_names_map_to_onnx_nodes_and_exclusion_reaches_ort(student_dir, calib, tmp_path):
+    """--exclude / --auto-exclude name torch modules; the ONNX paths need the exporter's node names."""
+    import onnx
+
+    from defaker_edge.calibration import load_calibration
+    from defaker_edge.quantize.modelopt_ptq import export_onnx, node_module, onnx_nodes_for
+    from defaker_edge.quantize.ort_static import quantize_ort_static
+    from defaker_edge.student import load_student
+
+    model, _ = load_student(student_dir)
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx", T)
+    layers = [n for n, m in model.named_modules() if type(m).__name__ in ("Conv2d", "Linear")]
+    assert layers and all(onnx_nodes_for(fp32, [n]) for n in layers)
+    g = onnx.load(str(fp32)).graph
+    assert all(node_module(n.name) in layers for n in g.node if n.op_type in ("Conv", "Gemm"))
+    target = next(n for n in layers if n.startswith("stages.1"))
+    nodes = onnx_nodes_for(fp32, [target])
+    x = next(load_calibration(calib).batches(8))
+    q = quantize_ort_static(fp32, tmp_path / "q.onnx", x, nodes)
+    qg = onnx.load(str(q)).graph
+    producers = {o: n.op_type for n in qg.node for o in n.output}
+    conv_of = {n.name: n for n in qg.node if n.op_type == "Conv"}
+    assert producers.get(conv_of[nodes[0]].input[1]) != "DequantizeLinear"  # kept FP32
+    other = next(n for name, n in conv_of.items() if name not in nodes and "stages" in name)
+    assert producers.get(other.input[1]) == "DequantizeLinear"  # the rest is quantized

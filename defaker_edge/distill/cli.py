@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--teacher", help="teacher checkpoint dir or preset name (run online)")
     src.add_argument("--cache", help="teacher-target cache dir (from `defaker teacher cache`)")
+    src.add_argument("--ground-truth-only", action="store_true",
+                     help="train on the manifest's labels and masks alone (for when the teacher is too weak "
+                          "to learn from); pair with --eval-teacher to still compare against it")
+    p.add_argument("--eval-teacher", help="teacher dir or preset scored on the held-out split for the report only")
     p.add_argument("--data", required=True, help="manifest.jsonl (or a dataset dir); train split trains, test/val evaluates")
     p.add_argument("--student", default="compact", help="student preset (compact-s, compact, compact-l, pruned-teacher-s, ...)")
     p.add_argument("--out", required=True, help="output student dir (config.json, model.safetensors, report.json)")
@@ -110,7 +114,7 @@ def _distill(args: argparse.Namespace) -> int:
                         steps=args.steps, tile=args.tile, crop=args.crop, batch=args.batch, lr=args.lr,
                         seed=args.seed, resume=args.resume, ckpt_every=args.ckpt_every, stop_at=args.stop_at,
                         threads=args.threads, eval_max=args.eval_max,
-                        weights=_weights(args.w, args.temperature))
+                        weights=_weights(args.w, args.temperature), eval_teacher=args.eval_teacher)
     res = distill(cfg)
     if args.json and res.report:
         print(json.dumps(to_jsonable({"out": str(res.out), **_summary(res.report)})))

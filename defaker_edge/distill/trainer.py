@@ -41,6 +41,10 @@ class DistillConfig:
     student: str = "compact"
     teacher: str | None = None  # directory or preset name, run online
     cache: str | None = None  # a TeacherCache directory (instead of --teacher)
+    # A teacher scored on the held-out split for the report only, never trained against. Used when
+    # the teacher is too weak to learn from (then training is on ground truth only) so that the
+    # report still compares student and teacher on the same images.
+    eval_teacher: str | None = None
     steps: int = 1500
     tile: int = 512  # the saved/exported tile
     crop: int = 256  # the training crop (fully convolutional: a smaller crop costs less CPU)
@@ -241,6 +245,10 @@ def _report(cfg, scfg, student, targets, held, held_name, history, train_s, worl
     flops = count_flops(student, scfg.tile)
     val = None
     if cfg.eval_max:
+        if targets is None and cfg.eval_teacher:
+            from ..teacher import load_teacher
+
+            targets = OnlineTeacherTargets(load_teacher(cfg.eval_teacher), False)
         val = evaluate(student, held[:cfg.eval_max], scfg.tile, targets, desc=f"eval {held_name}")
         val["split"] = held_name
     data_path = Path(cfg.data)
@@ -249,7 +257,7 @@ def _report(cfg, scfg, student, targets, held, held_name, history, train_s, worl
         "format": "defaker-distill-report/1",
         "created": utc_now(),
         "student": {"preset": scfg.preset, "family": scfg.family, "tile": scfg.tile, **flops},
-        "teacher": {"spec": cfg.teacher, "cache": cfg.cache},
+        "teacher": {"spec": cfg.teacher, "cache": cfg.cache, "eval_only": cfg.eval_teacher},
         "data": {"manifest": str(cfg.data), "sha256": sha256_file(manifest) if manifest.is_file() else None,
                  "n_held_out": len(held)},
         "recipe": {k: v for k, v in asdict(cfg).items() if k not in ("data", "out", "teacher", "cache", "resume")},

@@ -118,20 +118,37 @@ def export_onnx(model, path: str | Path, tile: int, opset: int = 17) -> Path:
     return path
 
 
-def onnx_nodes_for(onnx_path: str | Path, layers: Iterable[str]) -> list[str]:
-    """ONNX node names that the legacy exporter made from the named modules.
+def node_module(node_name: str) -> str:
+    """The dotted module path of a node named by the legacy exporter's scopes.
 
-    The exporter scopes a node of module `a.b.c` as `/a/a.b/a.b.c/<Op>`, so a module's nodes are
-    those whose name starts with that scope.
+    Each scope is a called module, named by its parent's scope plus `.N` for Sequential children:
+    `/stem/stem.0/Conv` is module `stem.0`; `/stages.0/blocks/blocks.0/dw/dw.0/Conv` (a ModuleList
+    is never called, so it has no scope of its own) is `stages.0.blocks.0.dw.0`; `/lat.3/lat.3.0/Conv`
+    is `lat.3.0`.
     """
+    path: list[str] = []
+    prev = None
+    for comp in node_name.strip("/").split("/")[:-1]:  # the last part is the op's own name
+        if prev is not None and comp.startswith(prev + "."):
+            path += comp[len(prev) + 1:].split(".")  # `lat.3` then `lat.3.0`: child 0 of lat.3
+        else:
+            path += comp.split(".")
+        prev = comp
+    return ".".join(path)
+
+
+def onnx_nodes_for(onnx_path: str | Path, layers: Iterable[str]) -> list[str]:
+    """ONNX node names that the legacy exporter made from the named modules (or their children)."""
     import onnx
 
-    prefixes = []
-    for name in layers:
-        parts = name.split(".")
-        prefixes.append("/" + "/".join(".".join(parts[:i + 1]) for i in range(len(parts))) + "/")
+    want = list(layers)
     g = onnx.load(str(onnx_path), load_external_data=False).graph
-    return [n.name for n in g.node if any(n.name.startswith(p) for p in prefixes)]
+    out = []
+    for n in g.node:
+        mod = node_module(n.name)
+        if any(mod == w or mod.startswith(w + ".") for w in want):
+            out.append(n.name)
+    return out
 
 
 def fp8_onnx(fp32_onnx: str | Path, out: str | Path, calib: np.ndarray, exclude_nodes: list[str]) -> Path:

@@ -35,6 +35,25 @@ def _reader(calib: np.ndarray, input_name: str, batch: int):
 def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarray,
                         exclude_nodes: list[str] | None = None, batch: int = 8) -> Path:
     """Write OUT: S8 per-channel weights, U8 activations, QDQ, calibrated on `calib` [N,3,T,T]."""
+    import sys
+
+    if any(m.startswith("modelopt.onnx") for m in sys.modules):
+        # ModelOpt's ONNX quantizer patches onnxruntime.quantization in place (ort_patching), after
+        # which quantize_static loses the ranges of graph inputs. Run it in a fresh process then.
+        import multiprocessing as mp
+
+        with tempfile.TemporaryDirectory(prefix="defaker-ortq-") as tmp:
+            np.save(Path(tmp) / "calib.npy", calib)
+            proc = mp.get_context("spawn").Process(
+                target=_quantize_from_file,
+                args=(str(fp32_onnx), str(out), str(Path(tmp) / "calib.npy"), list(exclude_nodes or []), batch))
+            proc.start()
+            proc.join()
+            if proc.exitcode != 0 or not Path(out).is_file():
+                from ..errors import DefakerError
+
+                raise DefakerError(f"onnxruntime static quantization failed (exit code {proc.exitcode})")
+        return Path(out)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -57,6 +76,10 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
         finally:
             root.setLevel(level)
     return out
+
+
+def _quantize_from_file(fp32_onnx: str, out: str, calib_npy: str, exclude_nodes: list[str], batch: int) -> None:
+    quantize_ort_static(fp32_onnx, out, np.load(calib_npy), exclude_nodes, batch)
 
 
 def speed_ratio(fp32_onnx: str | Path, int8_onnx: str | Path, tiles: np.ndarray, *, repeats: int = 5,
