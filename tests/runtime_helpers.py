@@ -66,17 +66,11 @@ def _calib_tiles(n: int = 16, seed: int = 1, tile: int = TILE) -> np.ndarray:
 
 
 def _quantize(src: Path, dst: Path, tile: int = TILE) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    # through the quantize stage's wrapper: it survives modelopt.onnx having patched
+    # onnxruntime.quantization earlier in the same test process
+    from defaker_edge.quantize.ort_static import quantize_ort_static
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"image": tiling.normalize(t[None])} for t in _calib_tiles(tile=tile)])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    quantize_ort_static(src, dst, tiling.normalize(_calib_tiles(tile=tile)), batch=1)
 
 
 def ort_run(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -60,20 +60,12 @@ def make_student(out: Path, seed: int = 0):
 
 def make_quantized(fp32_onnx: Path, out: Path, precision: str = "int8-cpu", source_sha256: str | None = None) -> Path:
     """A quantize-stage output dir: a Q/DQ ONNX (ORT quantize_static) + manifest.json."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from defaker_edge.quantize.ort_static import quantize_ort_static
 
     tiles = normalize(real_tiles(TILE, None, max_tiles=8))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"image": tiles[i:i + 1]} for i in range(len(tiles))])
-
-        def get_next(self):
-            return next(self.it, None)
-
     out.mkdir(parents=True, exist_ok=True)
-    quantize_static(str(fp32_onnx), str(out / "model.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    # the quantize stage's wrapper survives modelopt.onnx patching onnxruntime.quantization in-process
+    quantize_ort_static(fp32_onnx, out / "model.onnx", tiles, batch=1)
     write_json(out / "manifest.json", {
         "precision": precision, "source_model": {"sha256": source_sha256},
         "calibration": {"sha256": "cd" * 32, "n": 8},
