@@ -86,7 +86,7 @@ def load_student(args, device, dtype):
         weights = f"checkpoint {src.relative_to(ROOT) if src.is_relative_to(ROOT) else src}"
     else:
         torch.manual_seed(0)
-        cfg = StudentConfig.preset(args.student_preset, tile=args.tile)
+        cfg = StudentConfig.from_preset(args.student_preset, tile=args.tile)
         model = build_student(cfg)
         weights = f"random ({args.student_preset}; no {src})"
     return model.to(device=device, dtype=dtype).eval(), cfg, weights

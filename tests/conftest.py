@@ -25,3 +25,14 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tiny_data_dir) -> Path:
     return tiny_data_dir / "manifest.jsonl"
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher():
+    """The `tiny` teacher preset (random weights), built once per session for the teacher tests."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from defaker_edge.teacher import load_teacher
+
+    torch.set_num_threads(1)
+    return load_teacher("tiny")

@@ -298,7 +298,7 @@ def test_teacher_dir_timed_and_scored(bench_run, tmp_path):
 
     pkg, data, _, _ = bench_run
     tdir = tmp_path / "teacher"
-    build_teacher(TeacherConfig.preset("tiny"), seed=0).save_pretrained(tdir)
+    build_teacher(TeacherConfig.from_preset("tiny"), seed=0).save_pretrained(tdir)
     rep = run_bench(BenchConfig(package=pkg, data=data, out=tmp_path / "R", runs=2, warmup=0, batches=(1,),
                                 image_size=64, precisions=["int8-cpu"], teacher=str(tdir), teacher_runs=1,
                                 teacher_warmup=0, limit=4, plots=False))

@@ -169,7 +169,7 @@ def test_thresholds_from_a_student_dir(toy, tmp_path):
     from defaker_edge.student import StudentConfig, build_student, save_student
 
     torch.manual_seed(0)
-    cfg = StudentConfig.preset("compact-s", tile=T)
+    cfg = StudentConfig.from_preset("compact-s", tile=T)
     sdir = save_student(build_student(cfg).eval(), cfg, tmp_path / "S")
     th, path = calibrate_thresholds(ThresholdConfig(model=str(sdir), data=str(toy), target_fpr=0.125))
     assert path == sdir / "thresholds.json" and path.is_file()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from defaker_edge.distill.data import AugConfig, ImageStore, TileSampler
-from defaker_edge.distill.fake import OracleTeacher, make_tiny_dataset
+from defaker_edge.distill.fake import OracleTeacher
 from defaker_edge.distill.losses import LossWeights, distill_loss, kd_prob, soft_dice
 from defaker_edge.distill.targets import OnlineTeacherTargets, logits_to_soft_mask
 from defaker_edge.distill.trainer import DistillConfig, distill, split_samples
@@ -20,12 +20,8 @@ from defaker_edge.student import load_student
 
 
 @pytest.fixture(scope="module")
-def manifest(request, tmp_path_factory):
-    """The shared tiny synthetic set when conftest provides it, else our own small forgeries."""
-    try:
-        return str(request.getfixturevalue("tiny_data"))
-    except pytest.FixtureLookupError:
-        return str(make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data", n=24, seed=0))
+def manifest(tiny_data):
+    return str(tiny_data)  # the shared tiny synthetic set (conftest)
 
 
 @pytest.fixture(scope="module")

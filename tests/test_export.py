@@ -52,7 +52,7 @@ def make_student(out: Path, seed: int = 0):
         save_file(model.state_dict(), str(out / "model.safetensors"))
         write_json(out / "config.json", cfg)
         return model, cfg
-    cfg = StudentConfig.preset("compact-s", tile=TILE)
+    cfg = StudentConfig.from_preset("compact-s", tile=TILE)
     model = build_student(cfg).eval()
     save_student(model, cfg, out)
     return model, cfg

@@ -8,18 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from defaker_edge.distill.fake import make_tiny_dataset
 from defaker_edge.distill.prune import PruneConfig, _Masks, cubic_ratio, prune
 from defaker_edge.distill.slicing import slice_state
 from defaker_edge.student import StudentConfig, build_student, export_onnx, load_student, save_student
 
 
 @pytest.fixture(scope="module")
-def manifest(request, tmp_path_factory):
-    try:
-        return str(request.getfixturevalue("tiny_data"))
-    except pytest.FixtureLookupError:
-        return str(make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data", n=24, seed=0))
+def manifest(tiny_data):
+    return str(tiny_data)  # the shared tiny synthetic set (conftest)
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +43,7 @@ def _randomize_bn(model):
 @pytest.mark.parametrize("preset,tile", [("compact-s", 64), ("pruned-teacher-tiny", 64)])
 def test_slicing_equals_masking(preset, tile):
     """Removing channels/heads/blocks physically computes exactly what zero-masking them did."""
-    cfg = StudentConfig.preset(preset, tile=tile)
+    cfg = StudentConfig.from_preset(preset, tile=tile)
     model = build_student(cfg).eval()
     _randomize_bn(model)
     spec = model.prune_spec()
@@ -79,7 +75,7 @@ def test_slicing_equals_masking(preset, tile):
 
 
 def _student_dir(tmp_path, preset="compact-s", tile=128, dead: int = 0):
-    cfg = StudentConfig.preset(preset, tile=tile)
+    cfg = StudentConfig.from_preset(preset, tile=tile)
     model = build_student(cfg)
     if dead:  # channels of block s1b0 that contribute nothing: the importance must find them
         blk = model.stages[1].blocks[0]

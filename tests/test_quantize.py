@@ -47,7 +47,7 @@ def student_dir(tmp_path_factory) -> Path:
     from defaker_edge.student import StudentConfig, build_student, save_student
 
     torch.manual_seed(0)
-    cfg = StudentConfig.preset("compact-s", tile=T)
+    cfg = StudentConfig.from_preset("compact-s", tile=T)
     return save_student(build_student(cfg).eval(), cfg, tmp_path_factory.mktemp("student") / "S")
 
 

@@ -281,7 +281,7 @@ def test_torch_backend_runs_a_student_checkpoint(tmp_path):
     from runtime_helpers import _export, write_golden
 
     torch.manual_seed(0)
-    cfg = student.StudentConfig.preset("compact-s", tile=TILE)
+    cfg = student.StudentConfig.from_preset("compact-s", tile=TILE)
     model = student.build_student(cfg).eval()
     sdir = tmp_path / "student"
     student.save_student(model, cfg, sdir)

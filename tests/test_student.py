@@ -24,7 +24,7 @@ def _threads():
 
 @pytest.mark.parametrize("preset,tile", SMALL)
 def test_contract_shapes(preset, tile):
-    m = build_student(StudentConfig.preset(preset, tile=tile)).eval()
+    m = build_student(StudentConfig.from_preset(preset, tile=tile)).eval()
     logit, mask = m(torch.randn(3, 3, tile, tile))
     assert logit.shape == (3,)
     assert mask.shape == (3, 1, tile // 4, tile // 4)
@@ -33,17 +33,17 @@ def test_contract_shapes(preset, tile):
 
 def test_all_presets_validate_and_unknown_preset_is_clear():
     for name in PRESETS:
-        assert StudentConfig.preset(name).mask_stride == 4
+        assert StudentConfig.from_preset(name).mask_stride == 4
     with pytest.raises(DefakerError, match="unknown student preset"):
-        StudentConfig.preset("resnet-9000")
+        StudentConfig.from_preset("resnet-9000")
     with pytest.raises(DefakerError, match="divisible by 32"):
-        StudentConfig.preset("compact", tile=500)
+        StudentConfig.from_preset("compact", tile=500)
 
 
 @pytest.mark.parametrize("preset,tile", SMALL)
 def test_onnx_export_matches_torch(preset, tile, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    m = build_student(StudentConfig.preset(preset, tile=tile)).eval()
+    m = build_student(StudentConfig.from_preset(preset, tile=tile)).eval()
     path = export_onnx(m, tile, tmp_path / "s.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = torch.randn(2, 3, tile, tile)
@@ -57,7 +57,7 @@ def test_onnx_export_matches_torch(preset, tile, tmp_path):
 
 @pytest.mark.parametrize("preset,tile", SMALL)
 def test_save_load_roundtrip(preset, tile, tmp_path):
-    cfg = StudentConfig.preset(preset, tile=tile)
+    cfg = StudentConfig.from_preset(preset, tile=tile)
     m = build_student(cfg).eval()
     save_student(m, cfg, tmp_path / "s", report={"hello": 1})
     d = json.loads((tmp_path / "s" / "config.json").read_text())
@@ -72,7 +72,7 @@ def test_save_load_roundtrip(preset, tile, tmp_path):
 
 
 def test_load_rejects_wrong_format_and_mismatched_weights(tmp_path):
-    cfg = StudentConfig.preset("compact-s", tile=64)
+    cfg = StudentConfig.from_preset("compact-s", tile=64)
     save_student(build_student(cfg), cfg, tmp_path / "s")
     p = tmp_path / "s" / "config.json"
     d = json.loads(p.read_text())
@@ -99,7 +99,7 @@ def test_flop_counter_on_a_hand_counted_net():
 
 def test_default_compact_budget():
     """The default must stay near 1 GFLOP (0.5 GMAC) per 512 tile to meet the CPU latency target."""
-    f = count_flops(build_student(StudentConfig.preset("compact")), 512)
+    f = count_flops(build_student(StudentConfig.from_preset("compact")), 512)
     assert f["flops"] <= 1.0e9, f
     assert 50_000 < f["params"] < 1_000_000
 
@@ -124,7 +124,7 @@ def test_pruned_teacher_loads_the_teachers_vision_tower(tmp_path):
     (d / "config.json").write_text(json.dumps({"vision_config": {"hidden_size": 64, "num_attention_heads": 2}}))
     dims = teacher_vision_dims(d)
     assert dims == {"dim": 64, "layers": 2, "mlp": 128, "heads": 2}
-    cfg = StudentConfig.preset("pruned-teacher-tiny", tile=512, dim=64, head_dim=32, heads=[2, 2], mlp=[128, 128],
+    cfg = StudentConfig.from_preset("pruned-teacher-tiny", tile=512, dim=64, head_dim=32, heads=[2, 2], mlp=[128, 128],
                                init_from=str(d))
     m = build_student(cfg).eval()
     sd = m.state_dict()

@@ -16,9 +16,8 @@ from defaker_edge.teacher.tiling import candidate_grids, choose_grid, dynamic_ti
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return load_teacher("tiny")
+def tiny(tiny_teacher):
+    return tiny_teacher
 
 
 def test_predict_shapes_and_range(tiny):
@@ -112,9 +111,9 @@ def test_dynamic_tiles_with_thumbnail():
 
 def test_presets_validate():
     for name in ("tiny", "reference", "defakerone-2b"):
-        TeacherConfig.preset(name).validate()
+        TeacherConfig.from_preset(name).validate()
     with pytest.raises(Exception, match="unknown teacher preset"):
-        TeacherConfig.preset("nope")
+        TeacherConfig.from_preset("nope")
 
 
 def test_info_cli_json(capsys):

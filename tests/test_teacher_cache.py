@@ -14,15 +14,13 @@ pytest.importorskip("transformers")
 
 from defaker_edge.data import load_dataset  # noqa: E402
 from defaker_edge.errors import ArtifactError  # noqa: E402
-from defaker_edge.teacher import load_teacher  # noqa: E402
 from defaker_edge.teacher.cache import CacheConfig, TeacherCache, shard_from_env, write_cache  # noqa: E402
 from defaker_edge.teacher.devdata import make_dev_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return load_teacher("tiny")
+def tiny(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")

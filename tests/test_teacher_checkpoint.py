@@ -18,9 +18,8 @@ from defaker_edge.teacher.sa2va import export_sa2va  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return load_teacher("tiny")
+def tiny(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")

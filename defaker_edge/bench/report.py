@@ -121,7 +121,7 @@ def _via_note(rows: list[dict]) -> str:
 def markdown(report: dict) -> str:
     m = report["machine"]
     pkg = report["package"]
-    lines = [f"# DeFakerOne-Edge benchmark", "",
+    lines = ["# DeFakerOne-Edge benchmark", "",
              f"- machine: {describe(m)}; ONNX Runtime providers: {', '.join(m.get('onnxruntime_providers') or [])}",
              f"- package: `{pkg['path']}` ({pkg['model_id']}, tile {pkg['tile']}, overlap {pkg['overlap']}, "
              f"threshold {_f(pkg['threshold'], 3)}), manifest sha256 `{pkg['manifest_sha256'][:12]}`",

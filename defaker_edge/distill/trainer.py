@@ -147,7 +147,7 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // d.world))
     out = Path(cfg.out)
     ckpt = out / "checkpoint" / "state.pt"
-    scfg = StudentConfig.preset(cfg.student, tile=cfg.tile)
+    scfg = StudentConfig.from_preset(cfg.student, tile=cfg.tile)
     tdir = _teacher_dir(cfg.teacher)
     if scfg.family == "pruned-teacher" and tdir is not None:
         from ..student.teacher_init import teacher_vision_dims

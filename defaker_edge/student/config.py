@@ -51,7 +51,7 @@ class StudentConfig:
     pruned: dict[str, Any] | None = None
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "StudentConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> "StudentConfig":
         if name not in PRESETS:
             raise DefakerError(f"unknown student preset {name!r}; choose one of: {', '.join(PRESETS)}")
         cfg = copy.deepcopy(PRESETS[name])

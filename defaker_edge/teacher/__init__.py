@@ -60,7 +60,7 @@ def load_teacher(spec: str, device: str = "cpu", seed: int = 0):
 
             raise ArtifactError(f"{where}: no config.json (is the reference teacher trained/committed?)")
         return DeFakerOneTeacher.from_pretrained(where, device=device)
-    return build_teacher(TeacherConfig.preset(where), seed=seed, device=device)
+    return build_teacher(TeacherConfig.from_preset(where), seed=seed, device=device)
 
 
 def __getattr__(name: str):

@@ -143,7 +143,7 @@ class TeacherConfig:
             raise ArtifactError("invalid teacher config: " + "; ".join(problems))
 
     @classmethod
-    def preset(cls, name: str) -> "TeacherConfig":
+    def from_preset(cls, name: str) -> "TeacherConfig":
         if name not in PRESETS:
             raise ArtifactError(f"unknown teacher preset {name!r} (choose from {', '.join(PRESETS)})")
         cfg = copy.deepcopy(PRESETS[name])

@@ -10,7 +10,7 @@ def info(preset: str) -> dict:
     from .model import DeFakerOneTeacher
     from .prompt import vocabulary
 
-    cfg = TeacherConfig.preset(preset)
+    cfg = TeacherConfig.from_preset(preset)
     vocab = int(cfg.text.get("vocab_size") or len(vocabulary(cfg.questions)))
     with torch.device("meta"):
         model = DeFakerOneTeacher(cfg, None, vocab_size=vocab)
@@ -33,7 +33,7 @@ def time_predict(preset: str, device: str = "cpu", runs: int = 5, height: int = 
     from .model import DeFakerOneTeacher
     from .prompt import build_tokenizer
 
-    cfg = TeacherConfig.preset(preset)
+    cfg = TeacherConfig.from_preset(preset)
     tok = build_tokenizer(cfg.questions)
     torch.manual_seed(0)
     with torch.device(device):

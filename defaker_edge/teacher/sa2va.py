@@ -284,7 +284,7 @@ def config_from_hub(meta: dict, source: str):
     for k in ("vision_config", "llm_config"):
         if not isinstance(meta.get(k), dict):
             raise ArtifactError(f"{source}/config.json: Sa2VA config without '{k}'")
-    base = TeacherConfig.from_json(meta["defaker"]) if "defaker" in meta else TeacherConfig.preset("defakerone-2b")
+    base = TeacherConfig.from_json(meta["defaker"]) if "defaker" in meta else TeacherConfig.from_preset("defakerone-2b")
     arch = (meta["llm_config"].get("architectures") or ["InternLM2ForCausalLM"])[0]
     if arch not in ("InternLM2ForCausalLM", "LlamaForCausalLM"):
         raise ArtifactError(f"{source}: LLM {arch} is not supported (InternLM2 and Llama map onto LlamaModel)")

@@ -209,7 +209,7 @@ def train_teacher(cfg: TrainConfig) -> TrainResult:
     eval_s = load_dataset(cfg.data, split=cfg.eval_split)
     if len({s.label for s in train_s}) < 2:
         raise DatasetError(f"{cfg.data}: the train split needs both real and fake images")
-    model = build_teacher(TeacherConfig.preset(cfg.preset), seed=cfg.seed)
+    model = build_teacher(TeacherConfig.from_preset(cfg.preset), seed=cfg.seed)
     items = _prepare(model, train_s, "decode train")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
