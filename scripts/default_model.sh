@@ -12,7 +12,7 @@ WORK=${WORK:-runs/default}
 N=${N:-1600}
 DISTILL_STEPS=${DISTILL_STEPS:-900}
 CALIB_N=${CALIB_N:-128}   # ModelOpt fake-quant calibration is ~1 s per tile on 2 cores
-PRUNE_STEPS=${PRUNE_STEPS:-300}
+PRUNE_STEPS=${PRUNE_STEPS:-100}
 TEACHER=models/reference-teacher
 PKG=defaker_edge/models/default
 DATA=$WORK/data/manifest.jsonl
@@ -32,9 +32,13 @@ fi
 # available (TEACHER_TARGETS=1 once it is), the student trains on ground truth and the report
 # still scores the teacher on the same held-out images (--eval-teacher).
 if [ "${TEACHER_TARGETS:-0}" = 1 ]; then SRC=(--teacher "$TEACHER"); else SRC=(--ground-truth-only --eval-teacher "$TEACHER"); fi
+if [ -f "$WORK/student/model.safetensors" ] && [ -z "${DISTILL_RESUME:-}" ]; then
+  say "distill: reusing $WORK/student (delete it to retrain)"
+else
 say "distill: compact student ($DISTILL_STEPS steps; ${SRC[*]})"
 $BIN/defaker distill "${SRC[@]}" --data "$DATA" --student compact --steps "$DISTILL_STEPS" --threads 2 \
   --eval-max 80 --out "$WORK/student" ${DISTILL_RESUME:+--resume}
+fi
 
 say "prune 50% by LoRA-gradient importance, LoRA recovery, merge, slice"
 rm -rf models/default-student
