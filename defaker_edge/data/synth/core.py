@@ -211,16 +211,21 @@ def synthesize(cfg: SynthConfig) -> SynthResult:
     out = _prepare_out(cfg)
     n = int(cfg.n)
     workers = cfg.workers or (1 if n < 64 else min(2, os.cpu_count() or 1))
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if workers > 1 and not (main_file and os.path.isfile(main_file)):
+        # spawned workers re-import __main__, which cannot be done for `python -` or a REPL;
+        # run in-process there (the output does not depend on the worker count)
+        workers = 1
     jobs = [(cfg.seed, i, cfg) for i in range(n)]
     t0 = time.perf_counter()
     lines: list[dict] = []
     cpu = 0.0
     pool = None
     if workers > 1:
-        # fork: workers inherit the imported modules (spawn/forkserver re-import __main__, which
-        # breaks under `python -` and notebooks). The pool is made before the progress bar's
-        # monitor thread exists, and children use only numpy/OpenCV/Pillow.
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        # spawn, not fork: a forked child inherits the parent's thread pools (torch/OpenMP,
+        # OpenCV) with their locks possibly held, and deadlocked here in a test process that had
+        # run torch before. Spawned workers import only this module (numpy/OpenCV/Pillow).
+        ctx = mp.get_context("spawn")
         pool = ctx.Pool(workers, initializer=_worker_init)
     bar = tqdm(total=n, desc="synth", unit="img", file=sys.stderr, disable=not cfg.progress, dynamic_ncols=True,
                mininterval=0.5)
