@@ -3,9 +3,9 @@
 Two ways, behind one small interface so the bench can switch without touching its callers:
 - `DetectorPredictor`: the runtime's own `Detector` (what users run), with the full-precision
   fallback turned off so a variant's accuracy is that variant's, not the FP32 model's.
-- `OnnxPredictor`: an ONNX Runtime session on the package's file, fed by the runtime's tiling
-  (`defaker_edge.runtime.tiling`). Used when the runtime is not importable (it is built in
-  parallel) or refuses the variant, and always for raw per-tile latency.
+- `OnnxPredictor`: an ONNX Runtime session on the package's file, fed by the runtime's tiling and
+  mask stitcher (`defaker_edge.runtime.tiling`, `.stitch`). Used when the runtime refuses the
+  variant (e.g. a golden mismatch: the bench still measures it raw), and always for per-tile latency.
 Both return the same `Prediction`.
 """
 
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError
-from ..runtime.tiling import TileSpec, aggregate_logits, blend_window, cut_tiles, normalize, tile_origins
+from ..runtime.stitch import MaskStitcher, sigmoid
+from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, normalize, tile_origins
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,6 @@ class Prediction:
     mask: np.ndarray  # float32 [H, W] probabilities
     fallback: str | None = None  # why another path answered, if one did
     timings: dict = field(default_factory=dict)
-
-
-def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
 
 
 def make_session(path: str | Path, provider: str = "CPUExecutionProvider", threads: int = 0):
@@ -82,7 +79,6 @@ class OnnxPredictor:
         self.batch = fixed or batch  # None: all tiles of an image in one batch (what the runtime does)
         self.in_name = self.sess.get_inputs()[0].name
         self.out_names = [o.name for o in self.sess.get_outputs()]
-        self.window = blend_window(tile, overlap)
 
     def run_tiles(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float32 [N,3,T,T] -> (fake_logit [N], mask_logits [N,1,t,t]), chunked by the batch size."""
@@ -95,8 +91,6 @@ class OnnxPredictor:
         return np.concatenate(logits), np.concatenate(masks)
 
     def check(self, img: np.ndarray) -> Prediction:
-        from PIL import Image  # bilinear upsampling of float maps; Pillow is a core dependency
-
         t0 = time.perf_counter()
         h, w = img.shape[:2]
         T = self.spec.tile
@@ -105,15 +99,12 @@ class OnnxPredictor:
         t1 = time.perf_counter()
         fl, ml = self.run_tiles(x)
         t2 = time.perf_counter()
-        acc = np.zeros((h, w), np.float32)
-        wsum = np.zeros((h, w), np.float32)
+        # the runtime's own stitcher, so the raw-ONNX path blends and upsamples exactly as it does
+        stitcher = MaskStitcher(h, w, T, self.spec.overlap)
         for (y, x0), m in zip(origins, ml):
-            up = np.asarray(Image.fromarray(m[0].astype(np.float32)).resize((T, T), Image.BILINEAR))
-            hh, ww = min(T, h - y), min(T, w - x0)
-            acc[y:y + hh, x0:x0 + ww] += up[:hh, :ww] * self.window[:hh, :ww]
-            wsum[y:y + hh, x0:x0 + ww] += self.window[:hh, :ww]
-        mask = _sigmoid(acc / np.maximum(wsum, 1e-6)).astype(np.float32)
-        prob = float(_sigmoid(aggregate_logits(fl) / self.temperature))
+            stitcher.add(y, x0, m)
+        mask = stitcher.probs_full(np.float32)
+        prob = float(sigmoid(np.float64(aggregate_logits(fl)) / self.temperature))
         t3 = time.perf_counter()
         return Prediction(prob, mask, None, {"preprocess_ms": (t1 - t0) * 1e3, "model_ms": (t2 - t1) * 1e3,
                                              "postprocess_ms": (t3 - t2) * 1e3, "tiles": len(origins)})
