@@ -4,13 +4,14 @@
 # It rewrites models/default-student and the default package (defaker_edge/models/default, which
 # models/default links to). The committed reference teacher is reused unless RETRAIN_TEACHER=1,
 # because training it is the longest step (see models/reference-teacher/TRAINING.md).
-# Knobs (environment): N (synthetic images), DISTILL_STEPS, PRUNE_STEPS, WORK (scratch dir).
+# Knobs (environment): N (synthetic images), STUDENT (preset), DISTILL_STEPS, PRUNE_STEPS, WORK (scratch dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 WORK=${WORK:-runs/default}
-N=${N:-1600}
-DISTILL_STEPS=${DISTILL_STEPS:-900}
+N=${N:-6000}
+STUDENT=${STUDENT:-block}
+DISTILL_STEPS=${DISTILL_STEPS:-4000}
 CALIB_N=${CALIB_N:-128}   # ModelOpt fake-quant calibration is ~1 s per tile on 2 cores
 PRUNE_STEPS=${PRUNE_STEPS:-100}
 TEACHER=models/reference-teacher
@@ -35,9 +36,9 @@ if [ "${TEACHER_TARGETS:-0}" = 1 ]; then SRC=(--teacher "$TEACHER"); else SRC=(-
 if [ -f "$WORK/student/model.safetensors" ] && [ -z "${DISTILL_RESUME:-}" ]; then
   say "distill: reusing $WORK/student (delete it to retrain)"
 else
-say "distill: compact student ($DISTILL_STEPS steps; ${SRC[*]})"
-$BIN/defaker distill "${SRC[@]}" --data "$DATA" --student compact --steps "$DISTILL_STEPS" --threads 2 \
-  --eval-max 80 --out "$WORK/student" ${DISTILL_RESUME:+--resume}
+say "distill: $STUDENT student ($DISTILL_STEPS steps; ${SRC[*]})"
+$BIN/defaker distill "${SRC[@]}" --data "$DATA" --student "$STUDENT" --steps "$DISTILL_STEPS" --threads 2 \
+  --eval-max 120 --out "$WORK/student" ${DISTILL_RESUME:+--resume}
 fi
 
 say "prune 50% by LoRA-gradient importance, LoRA recovery, merge, slice"
@@ -45,7 +46,7 @@ rm -rf models/default-student
 # the unpruned student is the pruning's teacher (plus ground truth); its report carries the
 # reference teacher's held-out metrics over from the distill report
 $BIN/defaker prune --student "$WORK/student" --data "$DATA" --ratio 0.5 --threads 2 \
-  --steps "$PRUNE_STEPS" --eval-max 80 --out models/default-student
+  --steps "$PRUNE_STEPS" --eval-max 120 --out models/default-student
 
 say "calibration set and thresholds"
 rm -rf "$WORK/calib"

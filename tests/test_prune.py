@@ -40,7 +40,7 @@ def _randomize_bn(model):
             m.bias.data.uniform_(-0.3, 0.3)
 
 
-@pytest.mark.parametrize("preset,tile", [("compact-s", 64), ("pruned-teacher-tiny", 64)])
+@pytest.mark.parametrize("preset,tile", [("compact-s", 64), ("block-s", 64), ("pruned-teacher-tiny", 64)])
 def test_slicing_equals_masking(preset, tile):
     """Removing channels/heads/blocks physically computes exactly what zero-masking them did."""
     cfg = StudentConfig.from_preset(preset, tile=tile)
@@ -131,3 +131,19 @@ def test_cli_prune(manifest, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["prune"]["params_cut"] >= 0.4
     assert main(["prune", "--student", str(src), "--data", manifest, "--ratio", "1.5", "--out", str(tmp_path / "Q")]) == 2
+
+
+def test_prune_block_student_keeps_channel_counts_aligned(manifest, tmp_path):
+    """The block arch prunes end to end; kept channel counts are multiples of 8 (INT8 kernels' packing)."""
+    src = _student_dir(tmp_path, preset="block-s", tile=64)
+    res = prune(PruneConfig(student=str(src), data=manifest, out=str(tmp_path / "p"), ratio=0.5, steps=4,
+                            batch=4, crop=64, events=2, drop_blocks=0, eval_max=0, threads=1))
+    model, scfg = load_student(tmp_path / "p")
+    assert scfg.arch == "block"
+    counts = [len(g["kept"]) for g in res.report["prune"]["groups"].values()]
+    assert counts and all(c % 8 == 0 for c in counts), counts
+    assert res.report["prune"]["params_cut"] > 0.3
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        lg, mk = model(x)
+    assert mk.shape == (1, 1, 16, 16) and torch.isfinite(lg).all()

@@ -326,3 +326,19 @@ def test_every_file_is_checked_at_load(pkg):
     assert v.precision == "int8-cpu" and v.fallback is None
     assert v.package_problems == ["extra_int8.onnx: sha256 mismatch"] == det.info()["package_problems"]
     assert v.to_json()["package_problems"] == ["extra_int8.onnx: sha256 mismatch"]
+
+
+def test_normalize_lookup_is_bit_identical_to_the_formula():
+    """The table lookup computes exactly (x/255 - mean)/std in float32, into a given buffer too."""
+    t = np.random.default_rng(3).integers(0, 256, (2, 16, 24, 3), dtype=np.uint8)
+    t[0, 0, :3] = [[0, 0, 0], [255, 255, 255], [128, 7, 250]]
+    want = (t.astype(np.float32) * np.float32(1.0 / 255.0) - np.asarray(tiling.MEAN, np.float32)) \
+        / np.asarray(tiling.STD, np.float32)
+    want = want.transpose(0, 3, 1, 2)
+    got = tiling.normalize(t)
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(got, want)
+    buf = np.full((3, 3, 16, 24), np.nan, np.float32)
+    tiling.normalize(t, out=buf[1:3])
+    np.testing.assert_array_equal(buf[1:3], want)
+    assert np.isnan(buf[0]).all()

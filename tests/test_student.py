@@ -13,7 +13,7 @@ from defaker_edge.errors import ArtifactError, DefakerError
 from defaker_edge.student import PRESETS, StudentConfig, build_student, export_onnx, load_student, save_student
 from defaker_edge.student.flops import count_flops
 
-SMALL = [("compact-s", 128), ("pruned-teacher-tiny", 64)]
+SMALL = [("compact-s", 128), ("block-s", 64), ("pruned-teacher-tiny", 64)]
 
 
 @pytest.fixture(autouse=True)
@@ -137,3 +137,31 @@ def test_pruned_teacher_loads_the_teachers_vision_tower(tmp_path):
         theirs = hf.encoder.layer[0](h)
         theirs = theirs[0] if isinstance(theirs, tuple) else theirs
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_block_stem_high_pass_filters_ignore_flat_colour():
+    """The first stem_hp filters are zero-sum: a flat block gives them nothing, whatever its colour."""
+    cfg = StudentConfig.from_preset("block-s", tile=64)
+    m = build_student(cfg).eval()
+    w = m.stem.weight()
+    n = cfg.stem_hp
+    torch.testing.assert_close(w[:n].sum((1, 2, 3)), torch.zeros(n), atol=1e-6, rtol=0)
+    assert w[n:].sum((1, 2, 3)).abs().min() > 1e-6  # the content filters are free
+    flat = torch.full((1, 3, 64, 64), 0.7)
+    resp = torch.nn.functional.conv2d(flat, w, stride=8)
+    torch.testing.assert_close(resp[:, :n], torch.zeros_like(resp[:, :n]), atol=1e-5, rtol=0)
+
+
+def test_old_grouped_srm_checkpoint_loads_into_dense_srm():
+    """Checkpoints from before the SRM conv became dense ([9,1,5,5], groups=3) load and agree."""
+    from defaker_edge.student.compact import _srm_kernels
+
+    cfg = StudentConfig.from_preset("compact-s", tile=64)
+    m = build_student(cfg).eval()
+    state = m.state_dict()
+    state["srm.weight"] = _srm_kernels().repeat(3, 1, 1).unsqueeze(1)  # the old layout
+    m2 = build_student(cfg).eval()
+    m2.load_state_dict(state)
+    x = torch.randn(1, 3, 64, 64)
+    old = torch.nn.functional.conv2d(x, state["srm.weight"], stride=2, padding=2, groups=3)
+    torch.testing.assert_close(m2.srm(x), old, atol=1e-5, rtol=1e-5)

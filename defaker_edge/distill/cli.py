@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-teacher", help="teacher dir or preset scored on the held-out split for the report only")
     p.add_argument("--data", required=True, help="manifest.jsonl (or a dataset dir); train split trains, test/val evaluates")
     p.add_argument("--student", default="compact", help="student preset (compact-s, compact, compact-l, pruned-teacher-s, ...)")
+    p.add_argument("--init", metavar="DIR", help="warm start from a student dir (its config and weights; overrides "
+                   "--student): fine-tune a shipped student on your data, or train on under a new schedule")
     p.add_argument("--out", required=True, help="output student dir (config.json, model.safetensors, report.json)")
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
     p.add_argument("--tile", type=int, default=512, help="saved/exported tile size T (default 512)")
@@ -114,7 +116,8 @@ def _distill(args: argparse.Namespace) -> int:
                         steps=args.steps, tile=args.tile, crop=args.crop, batch=args.batch, lr=args.lr,
                         seed=args.seed, resume=args.resume, ckpt_every=args.ckpt_every, stop_at=args.stop_at,
                         threads=args.threads, eval_max=args.eval_max,
-                        weights=_weights(args.w, args.temperature), eval_teacher=args.eval_teacher)
+                        weights=_weights(args.w, args.temperature), eval_teacher=args.eval_teacher,
+                        init=args.init)
     res = distill(cfg)
     if args.json and res.report:
         print(json.dumps(to_jsonable({"out": str(res.out), **_summary(res.report)})))

@@ -35,18 +35,24 @@ class AugConfig:
 
 
 class ImageStore:
-    """Decoded images, masks and teacher targets; an LRU keeps memory bounded on large datasets."""
+    """Decoded images, masks and teacher targets, kept under a memory budget (an LRU by bytes).
 
-    def __init__(self, samples: list[Sample], targets: TargetSource | None, capacity: int = 512):
+    Why a byte budget: decoding a PNG costs as much as a training step's share of compute, so the
+    whole train split should stay decoded when it fits (1,280 synthetic images are ~1.5 GB), while
+    a large dataset must not grow the process without bound.
+    """
+
+    def __init__(self, samples: list[Sample], targets: TargetSource | None, budget_mb: int = 6144):
         self.samples = samples
         self.targets = targets
-        self.capacity = capacity
+        self.budget = budget_mb << 20
+        self.used = 0
         self._lru: OrderedDict[int, tuple] = OrderedDict()
 
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray | None, ImageTargets | None]:
         if i in self._lru:
             self._lru.move_to_end(i)
-            return self._lru[i]
+            return self._lru[i][0]
         s = self.samples[i]
         img = load_image(s.image)
         gt = None
@@ -58,9 +64,11 @@ class ImageStore:
             gt = np.zeros(img.shape[:2], bool)
         tgt = self.targets(s.key, img) if self.targets is not None else None
         item = (img, gt, tgt)
-        self._lru[i] = item
-        if len(self._lru) > self.capacity:
-            self._lru.popitem(last=False)
+        size = img.nbytes + (gt.nbytes if gt is not None else 0)
+        self._lru[i] = (item, size)
+        self.used += size
+        while self.used > self.budget and len(self._lru) > 1:
+            self.used -= self._lru.popitem(last=False)[1][1]
         return item
 
 

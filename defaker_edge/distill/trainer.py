@@ -45,6 +45,9 @@ class DistillConfig:
     # the teacher is too weak to learn from (then training is on ground truth only) so that the
     # report still compares student and teacher on the same images.
     eval_teacher: str | None = None
+    # Warm start: a student dir whose config and weights replace `student` (fine-tuning the shipped
+    # student on your own data, or continuing a run under a new schedule; --resume continues the same one)
+    init: str | None = None
     steps: int = 1500
     tile: int = 512  # the saved/exported tile
     crop: int = 256  # the training crop (fully convolutional: a smaller crop costs less CPU)
@@ -147,9 +150,18 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // d.world))
     out = Path(cfg.out)
     ckpt = out / "checkpoint" / "state.pt"
-    scfg = StudentConfig.from_preset(cfg.student, tile=cfg.tile)
+    init_state = None
+    if cfg.init:
+        from ..student.io import load_student
+
+        init_model, scfg = load_student(cfg.init)
+        init_state = init_model.state_dict()
+        if scfg.tile != cfg.tile:
+            log.warning("--init %s: its tile is %d; keeping that, not --tile %d", cfg.init, scfg.tile, cfg.tile)
+    else:
+        scfg = StudentConfig.from_preset(cfg.student, tile=cfg.tile)
     tdir = _teacher_dir(cfg.teacher)
-    if scfg.family == "pruned-teacher" and tdir is not None:
+    if scfg.family == "pruned-teacher" and tdir is not None and init_state is None:
         from ..student.teacher_init import teacher_vision_dims
 
         dims = teacher_vision_dims(tdir)
@@ -167,6 +179,8 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     targets = _targets(cfg, teacher)
     torch.manual_seed(cfg.seed)
     student = build_student(scfg).to(d.device)
+    if init_state is not None:
+        student.load_state_dict(init_state)
     store = ImageStore(train, targets)
     adapter = None
     if cfg.weights.feat > 0:

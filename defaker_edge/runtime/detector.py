@@ -362,7 +362,7 @@ class Detector:
             while i < job.n:
                 take = min(B - len(refs), job.n - i)
                 k = len(refs)
-                buf[k:k + take] = tiling.normalize(tiling.cut_tiles(job.img, job.origins[i:i + take], T))
+                tiling.normalize(tiling.cut_tiles(job.img, job.origins[i:i + take], T), out=buf[k:k + take])
                 refs.extend((job, j) for j in range(i, i + take))
                 i += take
                 if len(refs) == B:

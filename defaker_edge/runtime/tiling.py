@@ -68,12 +68,24 @@ def cut_tiles(img: np.ndarray, origins: list[tuple[int, int]], tile: int) -> np.
     return out
 
 
-def normalize(tiles: np.ndarray) -> np.ndarray:
-    """uint8 [N, T, T, 3] -> float32 [N, 3, T, T], (x/255 - mean) / std: the model's input."""
-    x = tiles.astype(np.float32) * (1.0 / 255.0)
-    x -= np.asarray(MEAN, dtype=np.float32)
-    x /= np.asarray(STD, dtype=np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+# uint8 value -> normalised float32, per channel: the same float32 arithmetic as a direct
+# (x/255 - mean)/std, so results are bit-identical, but a table lookup is ~5x faster (it was a
+# quarter of the CPU time of a 1024² check on 2 cores).
+_LUT = ((np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0))[None, :]
+        - np.asarray(MEAN, dtype=np.float32)[:, None]) / np.asarray(STD, dtype=np.float32)[:, None]
+
+
+def normalize(tiles: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [N, T, T, 3] -> float32 [N, 3, T, T], (x/255 - mean) / std: the model's input.
+
+    `out`, if given, is filled in place (the runtime's reusable batch buffer)."""
+    n, h, w = tiles.shape[:3]
+    if out is None:
+        out = np.empty((n, 3, h, w), dtype=np.float32)
+    for c in range(3):
+        for i in range(n):
+            np.take(_LUT[c], tiles[i, :, :, c], out=out[i, c], mode="clip")
+    return out
 
 
 def aggregate_logits(tile_logits: np.ndarray) -> float:

@@ -61,15 +61,27 @@ class Stage(nn.Module):
 N_SRM = 9  # 3 filters x 3 colour channels
 
 
+def _dense_srm(grouped: torch.Tensor | None = None) -> torch.Tensor:
+    """[9, 3, 5, 5]: output channel 3c+k applies filter k to colour channel c only."""
+    g = _srm_kernels().repeat(3, 1, 1).unsqueeze(1) if grouped is None else grouped  # [9, 1, 5, 5]
+    w = torch.zeros(N_SRM, 3, 5, 5, dtype=g.dtype)
+    for o in range(N_SRM):
+        w[o, o // 3] = g[o, 0]
+    return w
+
+
 class CompactStudent(nn.Module):
     def __init__(self, cfg: StudentConfig):
         super().__init__()
         self.cfg = cfg
         self.rgb = ConvBN(3, cfg.stem_rgb, 3, stride=2)
         # fixed filters, one set per colour channel; not trained (requires_grad False), but kept in
-        # the state dict so the exported graph and the checkpoint are self-contained
-        self.srm = nn.Conv2d(3, N_SRM, 5, 2, 2, groups=3, bias=False)
-        self.srm.weight.data.copy_(_srm_kernels().repeat(3, 1, 1).unsqueeze(1))
+        # the state dict so the exported graph and the checkpoint are self-contained. Stored as a
+        # dense 3->9 conv with zeros across channels rather than groups=3: the same numbers, but
+        # ONNX Runtime's CPU kernels run the dense form 2x faster (grouped 6.3 ms vs dense 3.0 ms
+        # at 512 px, 2 threads, this project's 2-core Xeon), and it was a third of the whole tile.
+        self.srm = nn.Conv2d(3, N_SRM, 5, 2, 2, bias=False)
+        self.srm.weight.data.copy_(_dense_srm())
         self.srm.weight.requires_grad_(False)
         self.srm_bn = nn.BatchNorm2d(N_SRM)  # residuals are tiny; a learned scale brings them up
         cins = [cfg.stem_rgb + N_SRM] + cfg.widths[:-1]
@@ -78,6 +90,13 @@ class CompactStudent(nn.Module):
         self.smooth = ConvBN(cfg.dec, cfg.dec2, 3)
         self.mask_head = nn.Conv2d(cfg.dec2, 1, 1)
         self.cls = nn.Linear(2 * cfg.widths[-1] + 2, 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the SRM conv became dense hold it grouped, [9, 1, 5, 5]
+        k = prefix + "srm.weight"
+        if k in state_dict and state_dict[k].shape[1] == 1:
+            state_dict[k] = _dense_srm(state_dict[k])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.cat([self.rgb(x), self.srm_bn(self.srm(x))], 1)

@@ -1,7 +1,10 @@
 """StudentConfig: every dimension a student is built from, so a pruned student rebuilds without peft.
 
 Two families (DESIGN §4):
-- `compact`: conv-BN-ReLU CNN with a noise-residual stem and an FPN decoder (INT8-friendly).
+- `compact`: conv-BN-ReLU CNN with a noise-residual stem and an FPN decoder (INT8-friendly), in
+  two archs: `block` (JPEG-block stem with zero-sum filters, dense 3x3 residual stages; the
+  default, fast in INT8) and `inverted` (SRM stem, MobileNet-style inverted residuals; fewer MACs,
+  but no faster in INT8 than FP32 on CPUs).
 - `pruned-teacher`: an InternViT-style ViT (the teacher's vision tower, same weight names as
   transformers' InternVLVisionModel) plus a SAM2-style two-way-transformer mask decoder.
 Per-block lists (`mids`, `heads`, `mlp`) are what pruning shrinks; their lengths are the depths.
@@ -29,8 +32,12 @@ class StudentConfig:
     mask_stride: int = 4
     mean: tuple[float, float, float] = MEAN
     std: tuple[float, float, float] = STD
-    # compact: learned RGB stem channels, residual-stream width per stage (strides 4, 8, 16, 32),
-    # expanded channels of each inverted-residual block (one list per stage), decoder channels.
+    # compact: `arch` "inverted": learned RGB stem channels, residual-stream width per stage
+    # (strides 4, 8, 16, 32), expanded channels of each inverted-residual block (one list per
+    # stage), decoder channels. `arch` "block": widths/mids of 3 stages (strides 8, 16, 32), the
+    # first `stem_hp` stem filters zero-sum (high-pass), decoder channels; stem_rgb unused.
+    arch: str = "inverted"
+    stem_hp: int = 16
     stem_rgb: int = 15
     widths: list[int] = field(default_factory=lambda: [24, 40, 64, 96])
     mids: list[list[int]] = field(default_factory=lambda: [[48], [80], [128, 128], [192]])
@@ -70,7 +77,12 @@ class StudentConfig:
         if self.family == "compact":
             if self.tile % 32:
                 raise DefakerError(f"compact students need a tile divisible by 32, got {self.tile}")
-            if len(self.widths) != 4 or len(self.mids) != 4:
+            if self.arch not in ("inverted", "block"):
+                raise DefakerError(f"unknown compact arch {self.arch!r} (inverted, block)")
+            if self.arch == "block":
+                if len(self.widths) != 3 or len(self.mids) != 3:
+                    raise DefakerError("block students have 3 stages (widths and mids of length 3)")
+            elif len(self.widths) != 4 or len(self.mids) != 4:
                 raise DefakerError("compact students have 4 stages (widths and mids of length 4)")
         else:
             if self.tile % self.patch or (self.tile // self.patch) * 4 != self.tile // self.mask_stride:
@@ -102,6 +114,11 @@ def _compact(preset: str, stem: int, widths: list[int], mids: list[list[int]], d
     return StudentConfig(family="compact", preset=preset, stem_rgb=stem, widths=widths, mids=mids, dec=dec, dec2=dec2)
 
 
+def _block(preset: str, widths: list[int], mids: list[list[int]], dec: int, dec2: int, hp: int) -> StudentConfig:
+    return StudentConfig(family="compact", preset=preset, arch="block", widths=widths, mids=mids, dec=dec,
+                         dec2=dec2, stem_hp=hp)
+
+
 def _vit(preset: str, dim: int, depth: int, heads: int, mlp: int, dec_dim: int) -> StudentConfig:
     return StudentConfig(family="pruned-teacher", preset=preset, dim=dim, head_dim=dim // heads,
                          heads=[heads] * depth, mlp=[mlp] * depth, dec_dim=dec_dim)
@@ -113,6 +130,11 @@ PRESETS: dict[str, StudentConfig] = {
     "compact-s": _compact("compact-s", 7, [16, 24, 40, 64], [[32], [48], [80], [128]], 16, 16),
     "compact": _compact("compact", 15, [24, 40, 64, 96], [[48], [80], [128, 128], [192]], 32, 24),
     "compact-l": _compact("compact-l", 23, [32, 56, 96, 160], [[64, 64], [112, 112], [192, 192, 192], [320, 320]], 48, 32),
+    # block: the default edge student (INT8-friendly dense stages; see student/block.py).
+    # block-s for tests and microcontroller-class budgets; block-l where an NPU/GPU runs it.
+    "block-s": _block("block-s", [16, 32, 48], [[16], [32], [48]], 16, 16, 8),
+    "block": _block("block", [48, 96, 128], [[48], [96], [128]], 48, 32, 16),
+    "block-l": _block("block-l", [64, 128, 192], [[64, 64], [128, 128], [192]], 64, 48, 24),
     # pruned-teacher students: the tiny one for tests; the others are InternViT-shaped towers that a
     # teacher checkpoint initialises (dims then come from the checkpoint) before LoRA pruning.
     "pruned-teacher-tiny": _vit("pruned-teacher-tiny", 64, 2, 2, 128, 32),

@@ -17,6 +17,10 @@ from .config import StudentConfig
 
 def build_student(cfg: StudentConfig) -> nn.Module:
     cfg.validate()
+    if cfg.family == "compact" and cfg.arch == "block":
+        from .block import BlockStudent
+
+        return BlockStudent(cfg)
     if cfg.family == "compact":
         from .compact import CompactStudent
 

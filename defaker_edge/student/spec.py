@@ -20,6 +20,9 @@ class PruneGroup:
     mask_points: list[str]
     unit: int = 1
     min_keep: int = 1
+    # kept counts are rounded up to a multiple of this: INT8 kernels pack channels in 4s/8s/16s,
+    # and a 27-channel conv runs no faster than a 32-channel one on them
+    align: int = 1
     block: tuple[str, int] | None = None  # the removable block this group lives in, if any
 
 

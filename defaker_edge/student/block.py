@@ -1,0 +1,150 @@
+"""The block student (compact family, arch "block"): a JPEG-block stem and dense conv stages.
+
+Why this shape, for edge CPUs and NPUs:
+- Stem: one 8x8 conv at stride 8. Tiles start on the 8x8 JPEG grid, so each stem position sees
+  exactly one JPEG block, the unit in which compression history (quantisation, double
+  compression, misaligned grids) lives. The first `stem_hp` filters are constrained to sum to
+  zero (Bayar & Stamm's constrained-conv idea): they cannot respond to a block's mean colour, only
+  to its texture and noise residual, the forensic signal, while the others see content.
+- Body: residual blocks of dense 3x3 convs (no depthwise) at 1/8, 1/16 and 1/32. Dense convs with
+  32+ channels are where INT8 kernels (VNNI, DP4A, tensor cores) beat FP32; the depthwise,
+  few-channel `inverted` arch ran no faster in INT8 than in FP32 on ONNX Runtime's CPU kernels.
+- Decoder: FPN summed at 1/8, a 3x3 smooth, mask logits upsampled x2 to the contract's 1/4.
+Image logit: a linear layer over pooled deepest features and pooled mask logits, as `inverted`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .compact import ConvBN
+from .config import StudentConfig
+from .spec import PruneGroup, PruneSpec
+
+PATCH = 8
+
+
+class BlockStem(nn.Module):
+    """Conv(3 -> C, 8x8, stride 8) + BN + ReLU; channels where `hp` is 1 have zero-sum filters."""
+
+    def __init__(self, cout: int, n_hp: int):
+        super().__init__()
+        self.conv = nn.Conv2d(3, cout, PATCH, PATCH, 0, bias=False)
+        hp = torch.zeros(cout)
+        hp[:n_hp] = 1.0
+        # a buffer, so pruning slices it with the conv's output channels
+        self.register_buffer("hp", hp)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def weight(self) -> torch.Tensor:
+        w = self.conv.weight
+        return w - self.hp.view(-1, 1, 1, 1) * w.mean((1, 2, 3), keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # exported as a constant: ONNX sees one plain Conv with the projected weight
+        return F.relu(self.bn(F.conv2d(x, self.weight(), None, PATCH)))
+
+
+class Residual(nn.Module):
+    """x + BN(conv3x3(ReLU(BN(conv3x3(x))))): no activation after the sum, so a gate can drop it."""
+
+    def __init__(self, width: int, mid: int):
+        super().__init__()
+        self.a = ConvBN(width, mid, 3)
+        self.b = ConvBN(mid, width, 3, relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.b(self.a(x))
+
+
+class BlockStage(nn.Module):
+    def __init__(self, cin: int, width: int, mids: list[int], down: bool):
+        super().__init__()
+        self.down = ConvBN(cin, width, 3, stride=2) if down else nn.Identity()
+        self.blocks = nn.Sequential(*[Residual(width, m) for m in mids])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.down(x))
+
+
+class BlockStudent(nn.Module):
+    def __init__(self, cfg: StudentConfig):
+        super().__init__()
+        self.cfg = cfg
+        w = cfg.widths
+        self.stem = BlockStem(w[0], min(cfg.stem_hp, w[0]))
+        self.stages = nn.ModuleList([BlockStage(w[0], w[0], cfg.mids[0], False),
+                                     BlockStage(w[0], w[1], cfg.mids[1], True),
+                                     BlockStage(w[1], w[2], cfg.mids[2], True)])
+        self.lat = nn.ModuleList([ConvBN(c, cfg.dec, 1, relu=False) for c in w])
+        self.smooth = ConvBN(cfg.dec, cfg.dec2, 3)
+        self.mask_head = nn.Conv2d(cfg.dec2, 1, 1)
+        self.cls = nn.Linear(2 * w[-1] + 2, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.stem(x)
+        feats = []
+        for st in self.stages:
+            h = st(h)
+            feats.append(h)
+        p = self.lat[2](feats[2])
+        for i in (1, 0):
+            p = self.lat[i](feats[i]) + F.interpolate(p, scale_factor=2.0, mode="nearest")
+        mask8 = self.mask_head(self.smooth(p))
+        top = feats[2]
+        pooled = torch.cat([top.mean((2, 3)), top.amax((2, 3)), mask8.amax((2, 3)), mask8.mean((2, 3))], 1)
+        mask = F.interpolate(mask8, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.cls(pooled).squeeze(1), mask
+
+    # ---- pruning interface (see spec.py) ----
+    def prune_spec(self) -> PruneSpec:
+        cfg = self.cfg
+        groups: list[PruneGroup] = []
+        blocks: list[tuple[str, int]] = []
+        # the stem's channels are stage 0's residual stream
+        for s, (w, mids) in enumerate(zip(cfg.widths, cfg.mids)):
+            pre = f"stages.{s}"
+            if s == 0:
+                members = [("stem.conv", 0, 0), ("stem.bn", 0, 0), ("stem", 0, 0)]
+                points = ["stem"]
+            else:
+                members = [(f"{pre}.down.0", 0, 0), (f"{pre}.down.1", 0, 0)]
+                points = [f"{pre}.down.1"]
+            members.append((f"lat.{s}.0", 1, 0))
+            if s < 2:
+                members.append((f"stages.{s + 1}.down.0", 1, 0))
+            else:
+                members += [("cls", 1, 0), ("cls", 1, w)]
+            for b, m in enumerate(mids):
+                bp = f"{pre}.blocks.{b}"
+                members += [(f"{bp}.a.0", 1, 0), (f"{bp}.b.0", 0, 0), (f"{bp}.b.1", 0, 0)]
+                points.append(f"{bp}.b.1")
+                groups.append(PruneGroup(f"s{s}b{b}", m, [(f"{bp}.a.0", 0, 0), (f"{bp}.a.1", 0, 0),
+                                                          (f"{bp}.b.0", 1, 0)],
+                                         [f"{bp}.a.1"], min_keep=8, align=8, block=(f"{pre}.blocks", b)))
+                blocks.append((f"{pre}.blocks", b))
+            groups.append(PruneGroup(f"s{s}", w, members, points, min_keep=16, align=8))
+        groups.append(PruneGroup("dec", cfg.dec, [m for s in range(3) for m in ((f"lat.{s}.0", 0, 0), (f"lat.{s}.1", 0, 0))]
+                                 + [("smooth.0", 1, 0)], [f"lat.{s}.1" for s in range(3)], min_keep=8, align=8))
+        groups.append(PruneGroup("dec2", cfg.dec2, [("smooth.0", 0, 0), ("smooth.1", 0, 0), ("mask_head", 1, 0)],
+                                 ["smooth.1"], min_keep=8, align=8))
+        # LoRA on dense convs and the head; the stem's projected conv is not a plain Conv2d call
+        targets = [n for n, m in self.named_modules()
+                   if (isinstance(m, nn.Conv2d) and n != "stem.conv") or isinstance(m, nn.Linear)]
+        return PruneSpec(groups, blocks, targets)
+
+    @staticmethod
+    def pruned_config(cfg: StudentConfig, keep: dict[str, int], dropped: set[tuple[str, int]]) -> StudentConfig:
+        new = copy.deepcopy(cfg)
+        new.widths = [keep.get(f"s{s}", w) for s, w in enumerate(cfg.widths)]
+        new.mids = [[keep.get(f"s{s}b{b}", m) for b, m in enumerate(mids) if (f"stages.{s}.blocks", b) not in dropped]
+                    for s, mids in enumerate(cfg.mids)]
+        new.dec = keep.get("dec", cfg.dec)
+        new.dec2 = keep.get("dec2", cfg.dec2)
+        # the zero-sum filters are the first stem_hp channels only before pruning; afterwards the
+        # (sliced) `hp` buffer records which survived, and stem_hp is an upper bound
+        return new
