@@ -212,3 +212,18 @@ def test_cli_distill_with_the_tiny_teacher(manifest, tmp_path, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert rep["metrics"]["teacher"]["n"] == 6 and rep["teacher"]["spec"] == "tiny"
     assert (out / "model.safetensors").is_file()
+
+
+def test_init_warm_starts_from_a_student_dir(manifest, teacher, tmp_path):
+    """--init takes the source's config (a block-s here, whatever --student says) and its weights."""
+    distill(small_cfg(manifest, tmp_path / "a", student="block-s", steps=2, eval_max=0), teacher=teacher)
+    src, src_cfg = load_student(tmp_path / "a")
+    res = distill(small_cfg(manifest, tmp_path / "b", student="compact-s", init=str(tmp_path / "a"), steps=1,
+                            lr=1e-12, eval_max=0), teacher=teacher)
+    got, cfg = load_student(tmp_path / "b")
+    assert cfg.arch == "block" and cfg.preset == "block-s" and res.report["recipe"]["init"] == str(tmp_path / "a")
+    # one step at a negligible learning rate: the weights are the source's (BN statistics move)
+    for (k, a), b in zip(src.state_dict().items(), got.state_dict().values()):
+        if "running" in k or "num_batches" in k:
+            continue
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)

@@ -14,13 +14,16 @@ manifest (labels, masks) is trained on alongside: teachers are imperfect.
 Training cuts native-resolution crops (--crop, origins on the 8x8 JPEG grid) and never resizes a
 crop; the saved student's tile is --tile, which is what export and the runtime use.
 
-Recipe (2-core CPU, compact): --steps 1500 --batch 16 --crop 256 --lr 4e-3 (the defaults), ~15-20 min.
+Recipe (2-core CPU, block): --steps 4000 --batch 16 --crop 256 --lr 4e-3, ~20 min at ~3.5 steps/s
+(`compact` is ~1.3 steps/s). --init DIR warm-starts from a student dir: fine-tune the shipped student
+on your own forgeries with `--init models/default-student --lr 1e-3`.
 Multi-process: torchrun --nproc_per_node N -m defaker_edge distill ... (gloo on CPU, NCCL on GPUs);
 --batch is the global batch. --resume continues from OUT/checkpoint/state.pt with the same batches.
 
 examples:
-  defaker distill --teacher tiny --data data/train/manifest.jsonl --student compact --steps 30 --out S
-  defaker distill --cache C --data M --student compact --out S --steps 1500
+  defaker distill --teacher tiny --data data/train/manifest.jsonl --student block-s --steps 30 --out S
+  defaker distill --cache C --data M --student block --out S --steps 4000
+  defaker distill --ground-truth-only --data my/manifest.jsonl --init models/default-student --lr 1e-3 --out S2
 """
 
 PRUNE_EPILOG = """\
@@ -47,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "to learn from); pair with --eval-teacher to still compare against it")
     p.add_argument("--eval-teacher", help="teacher dir or preset scored on the held-out split for the report only")
     p.add_argument("--data", required=True, help="manifest.jsonl (or a dataset dir); train split trains, test/val evaluates")
-    p.add_argument("--student", default="compact", help="student preset (compact-s, compact, compact-l, pruned-teacher-s, ...)")
+    p.add_argument("--student", default="block", help="student preset: block (default; INT8-friendly), block-s, "
+                   "block-l, compact (inverted-residual CNN), compact-s, compact-l, pruned-teacher-s, ...")
     p.add_argument("--init", metavar="DIR", help="warm start from a student dir (its config and weights; overrides "
                    "--student): fine-tune a shipped student on your data, or train on under a new schedule")
     p.add_argument("--out", required=True, help="output student dir (config.json, model.safetensors, report.json)")

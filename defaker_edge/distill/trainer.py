@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class DistillConfig:
     data: str
     out: str
-    student: str = "compact"
+    student: str = "block"
     teacher: str | None = None  # directory or preset name, run online
     cache: str | None = None  # a TeacherCache directory (instead of --teacher)
     # A teacher scored on the held-out split for the report only, never trained against. Used when

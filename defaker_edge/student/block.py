@@ -15,13 +15,11 @@ Image logit: a linear layer over pooled deepest features and pooled mask logits,
 
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .compact import ConvBN
+from .compact import ConvBN, decoder_groups, shrink_config
 from .config import StudentConfig
 from .spec import PruneGroup, PruneSpec
 
@@ -128,10 +126,7 @@ class BlockStudent(nn.Module):
                                          [f"{bp}.a.1"], min_keep=8, align=8, block=(f"{pre}.blocks", b)))
                 blocks.append((f"{pre}.blocks", b))
             groups.append(PruneGroup(f"s{s}", w, members, points, min_keep=16, align=8))
-        groups.append(PruneGroup("dec", cfg.dec, [m for s in range(3) for m in ((f"lat.{s}.0", 0, 0), (f"lat.{s}.1", 0, 0))]
-                                 + [("smooth.0", 1, 0)], [f"lat.{s}.1" for s in range(3)], min_keep=8, align=8))
-        groups.append(PruneGroup("dec2", cfg.dec2, [("smooth.0", 0, 0), ("smooth.1", 0, 0), ("mask_head", 1, 0)],
-                                 ["smooth.1"], min_keep=8, align=8))
+        groups += decoder_groups(3, cfg.dec, cfg.dec2, align=8)
         # LoRA on dense convs and the head; the stem's projected conv is not a plain Conv2d call
         targets = [n for n, m in self.named_modules()
                    if (isinstance(m, nn.Conv2d) and n != "stem.conv") or isinstance(m, nn.Linear)]
@@ -139,12 +134,6 @@ class BlockStudent(nn.Module):
 
     @staticmethod
     def pruned_config(cfg: StudentConfig, keep: dict[str, int], dropped: set[tuple[str, int]]) -> StudentConfig:
-        new = copy.deepcopy(cfg)
-        new.widths = [keep.get(f"s{s}", w) for s, w in enumerate(cfg.widths)]
-        new.mids = [[keep.get(f"s{s}b{b}", m) for b, m in enumerate(mids) if (f"stages.{s}.blocks", b) not in dropped]
-                    for s, mids in enumerate(cfg.mids)]
-        new.dec = keep.get("dec", cfg.dec)
-        new.dec2 = keep.get("dec2", cfg.dec2)
         # the zero-sum filters are the first stem_hp channels only before pruning; afterwards the
         # (sliced) `hp` buffer records which survived, and stem_hp is an upper bound
-        return new
+        return shrink_config(cfg, keep, dropped)

@@ -136,10 +136,7 @@ class CompactStudent(nn.Module):
                                          [f"{bp}.expand.1", f"{bp}.dw.1"], min_keep=8, block=(f"{pre}.blocks", b)))
                 blocks.append((f"{pre}.blocks", b))
             groups.append(PruneGroup(f"s{s}", w, members, points, min_keep=8))
-        groups.append(PruneGroup("dec", cfg.dec, [m for s in range(4) for m in ((f"lat.{s}.0", 0, 0), (f"lat.{s}.1", 0, 0))]
-                                 + [("smooth.0", 1, 0)], [f"lat.{s}.1" for s in range(4)], min_keep=8))
-        groups.append(PruneGroup("dec2", cfg.dec2, [("smooth.0", 0, 0), ("smooth.1", 0, 0), ("mask_head", 1, 0)],
-                                 ["smooth.1"], min_keep=8))
+        groups += decoder_groups(4, cfg.dec, cfg.dec2)
         # LoRA on dense convs and the head; depthwise convs are left out (peft cannot merge grouped convs)
         targets = [n for n, m in self.named_modules()
                    if (isinstance(m, nn.Conv2d) and m.groups == 1 and m is not self.srm) or isinstance(m, nn.Linear)]
@@ -147,13 +144,29 @@ class CompactStudent(nn.Module):
 
     @staticmethod
     def pruned_config(cfg: StudentConfig, keep: dict[str, int], dropped: set[tuple[str, int]]) -> StudentConfig:
-        import copy
-
-        new = copy.deepcopy(cfg)
+        new = shrink_config(cfg, keep, dropped)
         new.stem_rgb = keep.get("stem", cfg.stem_rgb)
-        new.widths = [keep.get(f"s{s}", w) for s, w in enumerate(cfg.widths)]
-        new.mids = [[keep.get(f"s{s}b{b}", m) for b, m in enumerate(mids) if (f"stages.{s}.blocks", b) not in dropped]
-                    for s, mids in enumerate(cfg.mids)]
-        new.dec = keep.get("dec", cfg.dec)
-        new.dec2 = keep.get("dec2", cfg.dec2)
         return new
+
+
+def decoder_groups(n_stages: int, dec: int, dec2: int, align: int = 1) -> list[PruneGroup]:
+    """The FPN decoder's two prunable groups, shared by both compact archs: the lateral width `dec`
+    (every lateral conv's outputs, the smooth conv's inputs) and the smooth width `dec2`."""
+    lat = [m for s in range(n_stages) for m in ((f"lat.{s}.0", 0, 0), (f"lat.{s}.1", 0, 0))]
+    return [PruneGroup("dec", dec, lat + [("smooth.0", 1, 0)], [f"lat.{s}.1" for s in range(n_stages)],
+                       min_keep=8, align=align),
+            PruneGroup("dec2", dec2, [("smooth.0", 0, 0), ("smooth.1", 0, 0), ("mask_head", 1, 0)], ["smooth.1"],
+                       min_keep=8, align=align)]
+
+
+def shrink_config(cfg: StudentConfig, keep: dict[str, int], dropped: set[tuple[str, int]]) -> StudentConfig:
+    """cfg with the kept widths (groups s{i}), block mids (s{i}b{j}, dropped blocks removed) and decoder."""
+    import copy
+
+    new = copy.deepcopy(cfg)
+    new.widths = [keep.get(f"s{s}", w) for s, w in enumerate(cfg.widths)]
+    new.mids = [[keep.get(f"s{s}b{b}", m) for b, m in enumerate(mids) if (f"stages.{s}.blocks", b) not in dropped]
+                for s, mids in enumerate(cfg.mids)]
+    new.dec = keep.get("dec", cfg.dec)
+    new.dec2 = keep.get("dec2", cfg.dec2)
+    return new
