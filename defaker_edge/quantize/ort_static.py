@@ -117,13 +117,16 @@ def speed_ratio(fp32_onnx: str | Path, int8_onnx: str | Path, tiles: np.ndarray,
 
 
 def image_convs(onnx_path: str | Path) -> list[str]:
-    """Conv nodes that read the model's input image directly (the RGB stem, noise-residual filters).
+    """Conv nodes that read the model's input image directly (the stem: SRM / RGB / JPEG-block convs).
 
-    Why they stay FP32 on the CPU path: ORT's QLinearConv has no fast kernel for a 3-channel input
-    at full resolution, while the FP32 Conv runs a direct NCHWc kernel. Measured on the compact
-    student at 512 px (2-core Zen 3, 1 thread): its grouped 5x5 SRM conv on the image took 119 ms
-    in INT8 vs 29 ms in FP32 and the RGB stem 20 ms vs 12 ms, which made the whole INT8 model 0.5x
-    the speed of FP32. Depthwise convs deeper in the net are fast in INT8 and stay quantized.
+    Why they stay FP32 on the CPU path:
+    - precision: U8 quantisation of the normalised image has a step of (range / 255), about 1.07
+      grey levels here, so it rounds away the 1-2 grey-level noise residuals these filters exist to
+      read; every later activation is already a learned feature and quantises well;
+    - speed, for the `inverted` arch: ORT's QLinearConv has no fast kernel for a 3-channel input at
+      full resolution (measured on a 2-core Zen 3, 1 thread: the grouped 5x5 SRM conv took 119 ms
+      in INT8 vs 29 ms in FP32), while the FP32 Conv runs a direct NCHWc kernel. The `block` arch's
+      8x8 stride-8 stem is a small GEMM either way.
     """
     import onnx
 

@@ -212,7 +212,7 @@ class DeFakerOneTeacher(nn.Module):
             ids = torch.tensor([self.prompt_ids(q, len(tiles))], device=self.device)
             hidden, cache = self.llm(self.embed(ids, tokens), use_cache=True)
             p = self.answer_probs(self.vlm.lm_head(hidden[:, -1]))[0]
-            probs.append(float(p[:4].sum()))
+            probs.append(float(p[:4].sum().detach()))
             if seg_hidden is None:  # the mask is prompted by the first question's [SEG]
                 answer = self.ids.answers[int(p.argmax())]
                 nxt = torch.tensor([[answer, self.ids.seg]], device=self.device)
