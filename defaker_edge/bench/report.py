@@ -20,10 +20,10 @@ TARGET_INT8_IMAGE_MS = 150.0
 REAL_SIZE_TEACHER = "defakerone-2b"
 
 
-def _p50(row: dict | None) -> float | None:
+def _p50(row: dict | None, key: str = "per_image_ms") -> float | None:
     if not row or row.get("status") != "ok":
         return None
-    return (row.get("per_image_ms") or {}).get("p50")
+    return (row.get(key) or {}).get("p50")
 
 
 def _find(rows: list[dict], variant: str, backend: str | None = None) -> dict | None:
@@ -33,16 +33,17 @@ def _find(rows: list[dict], variant: str, backend: str | None = None) -> dict | 
     return None
 
 
-def _ratio(name: str, num: dict | None, den: dict | None, what: str) -> dict:
-    a, b = _p50(num), _p50(den)
-    out = {"name": name, "what": what, "basis": "p50 latency per image, both measured in this run",
+def _ratio(name: str, num: dict | None, den: dict | None, what: str, key: str = "per_image_ms") -> dict:
+    a, b = _p50(num, key), _p50(den, key)
+    unit = "image" if key == "per_image_ms" else "tile (the model alone, batch 1)"
+    out = {"name": name, "what": what, "basis": f"p50 latency per {unit}, both measured in this run",
            "numerator": {"variant": num and num["variant"], "backend": num and num.get("backend"), "p50_ms": a},
            "denominator": {"variant": den and den["variant"], "backend": den and den.get("backend"), "p50_ms": b}}
     out["ratio"] = a / b if a and b else None
     if out["ratio"] is None:
         out["reason"] = "not measured: " + ", ".join(
             f"{r['variant']} on {r.get('backend')}: {r.get('status')} ({r.get('reason')})" if r else "row absent"
-            for r in (num, den) if _p50(r) is None)
+            for r in (num, den) if _p50(r, key) is None)
     return out
 
 
@@ -60,7 +61,12 @@ def speedups_and_targets(report: dict, int8: str | None) -> dict:
                              f"{teacher.get('precision')}) per image / student {v}: how many times faster the student is"))
     if int8:
         sp.append(_ratio(f"fp32_vs_{int8}_cpu", _find(lat, "fp32", cpu), _find(lat, int8, cpu),
-                         f"student fp32 / {int8} on ONNX Runtime CPU: the INT8 speedup"))
+                         f"student fp32 / {int8} on ONNX Runtime CPU, per image through the Detector: the INT8 "
+                         "speedup a device sees, diluted by the precision-independent tiling, normalization "
+                         "and full-size mask"))
+        # the model's own speedup on the same tiles (what quantization changes; the quantize issue's measure)
+        sp.append(_ratio(f"fp32_vs_{int8}_cpu_tile", _find(lat, "fp32", cpu), _find(lat, int8, cpu),
+                         f"student fp32 / {int8} on ONNX Runtime CPU, the same tile, model alone", key="per_tile_ms"))
     if _find(lat, "fp16"):
         gpu = next((b for b in ("ort-trt", "ort-cuda") if _p50(_find(lat, "fp16", b))), None)
         if gpu:
@@ -73,9 +79,13 @@ def speedups_and_targets(report: dict, int8: str | None) -> dict:
                            t_int8["ratio"] if t_int8 and big else None, "x",
                            None if big else "the defakerone-2b preset was not timed (--teacher-preset defakerone-2b "
                                             "--random-weights)"))
-    s = by.get(f"fp32_vs_{int8}_cpu") if int8 else None
-    targets.append(_target("CPU INT8 vs FP32 (ONNX Runtime CPU)", ">=", TARGET_INT8_VS_FP32,
+    s = by.get(f"fp32_vs_{int8}_cpu_tile") if int8 else None
+    targets.append(_target("CPU INT8 vs FP32 (ONNX Runtime CPU), the same tiles", ">=", TARGET_INT8_VS_FP32,
                            s["ratio"] if s else None, "x", None if int8 else "the package has no INT8 file"))
+    s = by.get(f"fp32_vs_{int8}_cpu") if int8 else None
+    targets.append(_target("CPU INT8 vs FP32 (ONNX Runtime CPU), per 1024x1024 image end to end", ">=",
+                           TARGET_INT8_VS_FP32, s["ratio"] if s else None, "x",
+                           None if int8 else "the package has no INT8 file"))
     r = _find(lat, int8, cpu) if int8 else None
     size = report["config"]["image_size"]
     cores = report["machine"].get("cpu_cores_usable")
