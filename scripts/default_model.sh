@@ -13,6 +13,7 @@ WORK=${WORK:-runs/default}
 N=${N:-6000}
 STUDENT=${STUDENT:-block}
 DISTILL_STEPS=${DISTILL_STEPS:-4000}
+FINETUNE_STEPS=${FINETUNE_STEPS:-5000}
 CALIB_N=${CALIB_N:-128}   # ModelOpt fake-quant calibration is ~1 s per tile on 2 cores
 PRUNE_STEPS=${PRUNE_STEPS:-300}
 TEACHER=models/reference-teacher
@@ -44,13 +45,13 @@ fi
 # A second phase, warm-started at a lower peak rate (this is how the shipped student was made:
 # 4,000 + 5,000 steps). FINETUNE_STEPS=0 skips it.
 UNPRUNED="$WORK/student"
-if [ "${FINETUNE_STEPS:-5000}" -gt 0 ]; then
+if [ "$FINETUNE_STEPS" -gt 0 ]; then
   UNPRUNED="$WORK/student2"
   if [ -f "$UNPRUNED/model.safetensors" ]; then
     say "distill phase 2: reusing $UNPRUNED (delete it to retrain)"
   else
-    say "distill phase 2: ${FINETUNE_STEPS:-5000} more steps from $WORK/student at lr 2e-3"
-    $BIN/defaker distill "${SRC[@]}" --data "$DATA" --init "$WORK/student" --steps "${FINETUNE_STEPS:-5000}" \
+    say "distill phase 2: $FINETUNE_STEPS more steps from $WORK/student at lr 2e-3"
+    $BIN/defaker distill "${SRC[@]}" --data "$DATA" --init "$WORK/student" --steps "$FINETUNE_STEPS" \
       --lr 2e-3 --threads 2 --eval-max 120 --out "$UNPRUNED"
   fi
 fi

@@ -211,7 +211,7 @@ def prune(cfg: PruneConfig) -> PruneResult:
             for g in spec.groups:
                 n_rm = min(g.size - min(g.min_keep, g.size), int(r * g.size))
                 kept = -(-(g.size - n_rm) // g.align) * g.align
-                n_rm = max(0, g.size - min(g.size, kept))
+                n_rm = g.size - min(g.size, kept)
                 sc = ema[g.name].clone()
                 sc[masks.mask[g.name] == 0] = -1.0  # already removed stays removed
                 order = torch.argsort(sc)

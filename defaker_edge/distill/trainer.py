@@ -150,18 +150,17 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // d.world))
     out = Path(cfg.out)
     ckpt = out / "checkpoint" / "state.pt"
-    init_state = None
+    student = None
     if cfg.init:
         from ..student.io import load_student
 
-        init_model, scfg = load_student(cfg.init)
-        init_state = init_model.state_dict()
+        student, scfg = load_student(cfg.init)  # its config and trained weights: train this model on
         if scfg.tile != cfg.tile:
             log.warning("--init %s: its tile is %d; keeping that, not --tile %d", cfg.init, scfg.tile, cfg.tile)
     else:
         scfg = StudentConfig.from_preset(cfg.student, tile=cfg.tile)
     tdir = _teacher_dir(cfg.teacher)
-    if scfg.family == "pruned-teacher" and tdir is not None and init_state is None:
+    if scfg.family == "pruned-teacher" and tdir is not None and student is None:
         from ..student.teacher_init import teacher_vision_dims
 
         dims = teacher_vision_dims(tdir)
@@ -178,9 +177,7 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     train, held, held_name = split_samples(cfg.data)
     targets = _targets(cfg, teacher)
     torch.manual_seed(cfg.seed)
-    student = build_student(scfg).to(d.device)
-    if init_state is not None:
-        student.load_state_dict(init_state)
+    student = (student if student is not None else build_student(scfg)).to(d.device)
     store = ImageStore(train, targets)
     adapter = None
     if cfg.weights.feat > 0:
