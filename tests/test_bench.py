@@ -159,7 +159,14 @@ def test_speedups_and_targets_from_rows(bench_run):
     t = {x["name"]: x for x in rep.data["targets"]}
     assert t["student INT8 vs the 2B teacher, per 1024x1024 image"]["passed"] is None  # no teacher timed
     assert t["CPU INT8 vs FP32 (ONNX Runtime CPU), the same tiles"]["passed"] == (want_tile >= 1.3)
-    assert t["CPU INT8 vs FP32 (ONNX Runtime CPU), per 1024x1024 image end to end"]["passed"] == (want >= 1.3)
+    assert t["CPU INT8 vs FP32 (ONNX Runtime CPU), per 1024x1024 image end to end (verdict)"]["passed"] == (want >= 1.3)
+    full = sp["fp32_vs_int8-cpu_cpu_full_mask"]
+    f32, i8 = _row(lat, "fp32", "ort-cpu"), _row(lat, "int8-cpu", "ort-cpu")
+    want_full = f32["per_image_full_mask_ms"]["p50"] / i8["per_image_full_mask_ms"]["p50"]
+    assert full["ratio"] == pytest.approx(want_full) and "full-size mask" in full["basis"]
+    assert f32["per_image_full_mask_ms"]["n"] == f32["per_image_ms"]["n"]  # timed as often as the verdict
+    assert t["CPU INT8 vs FP32 (ONNX Runtime CPU), per 1024x1024 image with its full-size mask"]["passed"] == (
+        want_full >= 1.3)
     size_t = next(x for x in rep.data["targets"] if x["unit"] == "ms")
     assert size_t["passed"] is None  # measured at 128x128: the 1024x1024 target is not claimed
 
@@ -169,7 +176,7 @@ def test_speedup_against_a_teacher_row():
 
     def row(v, kind, p50, backend="ort-cpu"):
         return {"variant": v, "kind": kind, "backend": backend, "status": "ok", "per_image_ms": {"p50": p50},
-                "per_tile_ms": {"p50": p50 / 10}}
+                "per_image_full_mask_ms": {"p50": p50 + 20.0}, "per_tile_ms": {"p50": p50 / 10}}
 
     rep = {"latency": [row("teacher:defakerone-2b", "teacher", 120000.0, "torch"), row("fp32", "student", 300.0),
                        row("int8-cpu", "student", 100.0)],
@@ -178,9 +185,11 @@ def test_speedup_against_a_teacher_row():
     sp = {s["name"]: s["ratio"] for s in out["speedups"]}
     assert sp["teacher_vs_int8-cpu"] == pytest.approx(1200.0) and sp["fp32_vs_int8-cpu_cpu"] == pytest.approx(3.0)
     assert sp["fp32_vs_int8-cpu_cpu_tile"] == pytest.approx(3.0)
-    assert [t["passed"] for t in out["targets"]] == [True, True, True, True]
+    assert sp["fp32_vs_int8-cpu_cpu_full_mask"] == pytest.approx(320.0 / 120.0)
+    assert [t["passed"] for t in out["targets"]] == [True, True, True, True, True]
     rep["latency"][2]["per_image_ms"]["p50"] = 250.0  # the model alone still 3x; end to end 1.2x, 250 ms
-    assert [t["passed"] for t in speedups_and_targets(rep, "int8-cpu")["targets"]] == [True, True, False, False]
+    rep["latency"][2]["per_image_full_mask_ms"]["p50"] = 270.0  # with the mask 320/270 = 1.19x
+    assert [t["passed"] for t in speedups_and_targets(rep, "int8-cpu")["targets"]] == [True, True, False, False, False]
     rep["latency"][0] = {**rep["latency"][0], "status": "failed", "per_image_ms": None, "reason": "timed out"}
     t = speedups_and_targets(rep, "int8-cpu")
     assert t["targets"][0]["passed"] is None and "timed out" in t["speedups"][0]["reason"]

@@ -100,7 +100,10 @@ def test_score_is_max_of_tiles_with_temperature(pkg):
 def test_mask_is_at_native_size(pkg, hw):
     det = Detector.load(pkg)
     v = det.check(_img(*hw))
+    assert "mask_full_ms" not in v.timings  # the full-size mask is made on first access only
     assert v.mask.shape == hw and v.mask.dtype == np.float16
+    assert v.timings["mask_full_ms"] >= 0 and v.mask is v.mask  # made once, then kept
+    assert det.check(_img(*hw), mask="quarter").mask is None
     assert v.mask_quarter.shape == (-(-hw[0] // 4), -(-hw[1] // 4))
     assert np.all((v.mask >= 0) & (v.mask <= 1))
 

@@ -143,13 +143,33 @@ def test_block_stem_high_pass_filters_ignore_flat_colour():
     """The first stem_hp filters are zero-sum: a flat block gives them nothing, whatever its colour."""
     cfg = StudentConfig.from_preset("block-s", tile=64)
     m = build_student(cfg).eval()
-    w = m.stem.weight()
+    w = m.stem.weight()[:, :3]  # the image's channels (the residual channels follow)
     n = cfg.stem_hp
     torch.testing.assert_close(w[:n].sum((1, 2, 3)), torch.zeros(n), atol=1e-6, rtol=0)
     assert w[n:].sum((1, 2, 3)).abs().min() > 1e-6  # the content filters are free
     flat = torch.full((1, 3, 64, 64), 0.7)
     resp = torch.nn.functional.conv2d(flat, w, stride=8)
     torch.testing.assert_close(resp[:, :n], torch.zeros_like(resp[:, :n]), atol=1e-5, rtol=0)
+    # and the residual front sees nothing in a flat image either (inside; zero padding at the border)
+    front = m.front(flat)
+    assert front.shape[1] == 12 and front[:, 3:, 1:-1, 1:-1].abs().max() < 1e-6
+
+
+def test_residual_front_truncates_at_three_grey_levels():
+    """A +-1 grey-level checkerboard passes the front unclipped; a hard edge saturates at +-1."""
+    cfg = StudentConfig.from_preset("block-s", tile=64)
+    m = build_student(cfg).eval()
+    assert m.full_precision_layers() == ["front.conv"]
+    grey = 1.0 / (255.0 * 0.226)
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    cb = (((yy + xx) % 2) * 2 - 1).float() * grey  # +-1 grey level
+    r = m.front(cb.expand(1, 3, 16, 16))[:, 3:, 2:-2, 2:-2]
+    # KB on a checkerboard: |(-1*4 - 2*4 ... )| / 4 = 4 grey levels -> clipped; the 1-D filters give 2 -> 2/3
+    assert r[:, 1::3].abs().max().item() == pytest.approx(2.0 / 3.0, rel=1e-4)
+    assert r.abs().max().item() == pytest.approx(1.0, rel=1e-6)
+    edge = torch.zeros(1, 3, 16, 16)
+    edge[..., 8:] = 2.0  # a step of ~115 grey levels
+    assert m.front(edge)[:, 3:].abs().max().item() == pytest.approx(1.0, rel=1e-6)
 
 
 def test_old_grouped_srm_checkpoint_loads_into_dense_srm():

@@ -9,8 +9,10 @@ stdin, runs `measure_onnx` or `measure_teacher` and prints one `BENCH_RESULT {js
 What is timed, after warm-up:
 - per tile: one normalized T x T tile, batch 1, `session.run` only;
 - per image: a seeded 1024 x 1024 RGB array through `Detector.check` (the runtime's tiling,
-  batching, aggregation and full-size mask stitching; no file decoding), or the bench's ONNX
-  adapter doing the same steps when the Detector cannot load the variant;
+  normalization, batching, aggregation and quarter-resolution mask stitching; no file decoding),
+  or the bench's ONNX adapter doing the same steps when the Detector cannot load the variant;
+- per image with the full-size mask: the same, plus reading `Verdict.mask` (the bilinear upsample
+  and sigmoid at H x W, which the Detector does only when the mask is asked for);
 - throughput: tiles/s at each batch size, the best reported.
 A seeded noise image is used: a static-shape network's cost does not depend on pixel values.
 """
@@ -122,11 +124,18 @@ def measure_onnx(job: dict) -> dict:
     img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
     n_tiles = 0
 
+    det = getattr(pred, "det", None)
+
     def one_image():
         nonlocal n_tiles
-        n_tiles = pred.check(img).timings.get("tiles", 0)
+        if det is not None:  # the verdict: Detector.check makes the full-size mask only on access
+            n_tiles = det.check(img).n_tiles
+        else:  # the adapter computes its mask eagerly
+            n_tiles = pred.check(img).timings.get("tiles", 0)
 
     per_image = _timed(one_image, runs, warmup)
+    # the verdict plus the full-size mask (DetectorPredictor.check reads Verdict.mask)
+    per_image_mask = _timed(lambda: pred.check(img), runs, warmup) if det is not None else per_image
     by_batch: dict[str, float] = {}
     t_runs = max(2, int(job.get("throughput_runs", max(3, runs // 5))))
     for b in job.get("batches", [1, 2, 4, 8]):
@@ -140,6 +149,7 @@ def measure_onnx(job: dict) -> dict:
             "per_image_via": pred.kind, "per_image_via_note": via_note,
             "detector_batch_size": getattr(getattr(pred, "det", None), "batch_size", None),
             "tiles_per_image": n_tiles, "per_tile_ms": percentiles(per_tile), "per_image_ms": percentiles(per_image),
+            "per_image_full_mask_ms": percentiles(per_image_mask),
             "throughput": {"best_batch": int(best) if best else None,
                            "tiles_per_s": by_batch[best] if best else None, "by_batch": by_batch,
                            "runs_per_batch": t_runs},

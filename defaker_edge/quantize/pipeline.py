@@ -156,6 +156,10 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
         excluded = matching(builder.layers(), cfg.exclude)
         if cfg.exclude and not excluded:
             log.warning("--exclude %s matched no quantized layer", cfg.exclude)
+        # layers the model itself marks full-precision (fixed forensic filters that read sub-grey-level
+        # residuals of the raw image: quantizing their input would round the signal away)
+        fixed = [n for n in getattr(net, "full_precision_layers", lambda: [])() if n in builder.layers()]
+        excluded += [n for n in fixed if n not in excluded]
         attempts: list[dict] = []
 
         def attempt(excl: list[str]) -> tuple[Path, list[str], dict, dict]:

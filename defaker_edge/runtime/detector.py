@@ -26,7 +26,7 @@ from ..errors import ArtifactError, DefakerError
 from . import tiling
 from .backends.base import Backend, BackendUnavailable
 from .package import FileEntry, Golden, Package, golden_mismatch, load_golden, load_package, verify_file
-from .stitch import MaskStitcher, sigmoid
+from .stitch import MaskStitcher, sigmoid, upsample_probs
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,18 @@ class InferenceError(DefakerError):
 
 @dataclass
 class Verdict:
-    """One image's answer. `mask` is [H, W] probabilities at the image's own size (float16 by
-    default, to bound memory; uint8 0..255 or float32 on request), None with mask='quarter'/'none'."""
+    """One image's answer.
+
+    `mask` is [H, W] probabilities at the image's own size (float16 by default, to bound memory;
+    uint8 0..255 or float32 on request), None with mask='quarter'/'none'. It is made from
+    `mask_quarter`'s logits on first access and kept: a check that only needs the verdict (a camera
+    app's badge) does not pay for upsampling millions of pixels; `timings["mask_full_ms"]` records
+    what the access cost.
+    """
 
     fake_prob: float
     is_fake: bool
     threshold: float
-    mask: np.ndarray | None
     backend: str
     precision: str
     fallback: str | None
@@ -63,8 +68,21 @@ class Verdict:
     image: str | None = None
     size: tuple[int, int] = (0, 0)  # (H, W)
     n_tiles: int = 0
-    mask_quarter: np.ndarray | None = field(default=None, repr=False)  # float32 [ceil(H/4), ceil(W/4)]
+    mask_quarter: np.ndarray | None = field(default=None, repr=False)  # float32 [ceil(H/4), ceil(W/4)] probs
     package_problems: list[str] = field(default_factory=list)  # damaged files the answer did not need
+    # the full-size mask, or how to make it: (quarter logits, dtype) until first access
+    _mask: np.ndarray | None = field(default=None, repr=False)
+    _mask_src: tuple[np.ndarray, np.dtype] | None = field(default=None, repr=False)
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        if self._mask is None and self._mask_src is not None:
+            t = time.perf_counter()
+            logits_q, dtype = self._mask_src
+            self._mask = upsample_probs(logits_q, self.size[0], self.size[1], dtype=dtype)
+            self._mask_src = None
+            self.timings["mask_full_ms"] = (time.perf_counter() - t) * 1e3
+        return self._mask
 
     def to_json(self) -> dict[str, Any]:
         """The JSON line of `defaker check --json` and the server (no mask arrays)."""
@@ -416,18 +434,19 @@ class Detector:
                 prob = float(sigmoid(np.float64(logit / th.temperature)))
                 fb_ms = (time.perf_counter() - t0) * 1e3
         h, w = job.img.shape[:2]
-        full = quarter = None
+        src = quarter = None
         tm = time.perf_counter()
         if job.stitcher is not None:
-            quarter = job.stitcher.probs_quarter()
+            logits_q = job.stitcher.logits_quarter()
+            quarter = sigmoid(logits_q).astype(np.float32)
             if mask == "full":
-                full = job.stitcher.probs_full(dtype=self.mask_dtype)
+                src = (logits_q, self.mask_dtype)  # upsampled on first access of Verdict.mask
         mask_ms = (time.perf_counter() - tm) * 1e3
         timings = {"decode_ms": job.decode_ms, "infer_ms": job.infer_ms, "mask_ms": mask_ms,
                    "fallback_ms": fb_ms}
         timings["total_ms"] = job.decode_ms + job.infer_ms + (time.perf_counter() - t) * 1e3
         fb = "; ".join(r for r in (self.load_fallback, reason) if r) or None
-        return Verdict(fake_prob=prob, is_fake=bool(prob >= th.threshold), threshold=th.threshold, mask=full,
+        return Verdict(fake_prob=prob, is_fake=bool(prob >= th.threshold), threshold=th.threshold, _mask_src=src,
                        backend=be.name, precision=be.precision, fallback=fb, timings=timings, logit=logit,
                        provider=be.provider, image=job.name, size=(h, w), n_tiles=job.n, mask_quarter=quarter,
                        package_problems=list(self.package_problems))

@@ -57,41 +57,62 @@ class MaskStitcher:
         np.divide(a, w, out=out, where=w > 0)
         return out
 
-    def probs_quarter(self) -> np.ndarray:
-        return sigmoid(self.logits_quarter()).astype(np.float32)
-
     def probs_full(self, dtype: str | np.dtype = np.float16, chunk_rows: int = 256) -> np.ndarray:
         return upsample_probs(self.logits_quarter(), self.h, self.w, dtype=dtype, chunk_rows=chunk_rows)
 
 
-def _axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    s = (np.arange(n_out, dtype=np.float64) + 0.5) / STRIDE - 0.5
-    s = np.clip(s, 0.0, n_in - 1)
-    i0 = np.floor(s).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (s - i0).astype(np.float32)
+# x4 bilinear with half-pixel centres (torch's align_corners=False), as fixed phases: output row
+# 4i+k sits at input coordinate i + (k - 1.5)/4, so it mixes rows i-1, i, i+1 with these weights
+# (edge rows repeat, which is the clamp at the border). Shifted slices instead of gathers: ~2x faster.
+_PHASES = np.array([[0.375, 0.625, 0.0], [0.125, 0.875, 0.0], [0.0, 0.875, 0.125], [0.0, 0.625, 0.375]],
+                   np.float32)
+
+
+def _up4_rows(p: np.ndarray, out: np.ndarray) -> None:
+    """p: [n+2, m] edge-padded rows; out: [n, 4, m] (rows 4i..4i+3 of the x4 upsample)."""
+    a, b, c = p[:-2], p[1:-1], p[2:]
+    for k, (wa, wb, wc) in enumerate(_PHASES):
+        o = out[:, k]
+        if wa:
+            np.multiply(a, wa, out=o)
+            o += wb * b
+        else:
+            np.multiply(b, wb, out=o)
+            o += wc * c
 
 
 def upsample_probs(logits_q: np.ndarray, h: int, w: int, *, dtype: str | np.dtype = np.float16,
                    chunk_rows: int = 256) -> np.ndarray:
-    """Quarter-res logits -> [h, w] probabilities (float16/float32 in [0,1], or uint8 0..255).
+    """Quarter-res logits [ceil(h/4), ceil(w/4)] -> [h, w] probabilities (float16/float32 in [0,1], or
+    uint8 0..255).
 
-    Bilinear on the logits, then sigmoid, `chunk_rows` output rows at a time so the float32
-    working set stays at chunk_rows × w.
+    Bilinear on the logits, then sigmoid, about `chunk_rows` output rows at a time so the float32
+    working set stays at chunk_rows x w.
     """
     dtype = np.dtype(dtype)
     lq = np.asarray(logits_q, dtype=np.float32)
-    y0, y1, wy = _axis(h, lq.shape[0])
-    x0, x1, wx = _axis(w, lq.shape[1])
+    hq, wq = lq.shape
+    if hq < -(-h // STRIDE) or wq < -(-w // STRIDE):
+        raise ValueError(f"logits {lq.shape} too small for a {h}x{w} mask")
+    pad = np.pad(lq, 1, mode="edge")  # [hq+2, wq+2]
     out = np.empty((h, w), dtype=dtype)
-    for r in range(0, h, chunk_rows):
-        sl = slice(r, min(h, r + chunk_rows))
-        a = wy[sl, None]
-        rows = lq[y0[sl]] * (1.0 - a) + lq[y1[sl]] * a  # [c, wq]
-        v = rows[:, x0] * (1.0 - wx) + rows[:, x1] * wx  # [c, w]
-        p = sigmoid(v)
+    step = max(1, chunk_rows // STRIDE)
+    for r in range(0, -(-h // STRIDE), step):
+        n = min(step, hq - r)
+        rows = np.empty((n, STRIDE, wq + 2), np.float32)
+        _up4_rows(pad[r:r + n + 2], rows)
+        rows = rows.reshape(n * STRIDE, wq + 2)
+        full = np.empty((n * STRIDE, wq, STRIDE), np.float32)
+        _up4_rows(rows.T, full.transpose(1, 2, 0))  # the same phases across columns
+        y0, y1 = STRIDE * r, min(h, STRIDE * (r + n))
+        v = full.reshape(n * STRIDE, wq * STRIDE)[:y1 - y0, :w]
+        # sigmoid in place: 0.5 * (1 + tanh(x / 2))
+        v *= 0.5
+        np.tanh(v, out=v)
+        v += 1.0
+        v *= 0.5
         if dtype == np.uint8:
-            out[sl] = np.rint(p * 255.0).astype(np.uint8)
-        else:
-            out[sl] = p
+            v *= 255.0
+            np.rint(v, out=v)
+        out[y0:y1] = v
     return out

@@ -26,12 +26,50 @@ from .spec import PruneGroup, PruneSpec
 PATCH = 8
 
 
-class BlockStem(nn.Module):
-    """Conv(3 -> C, 8x8, stride 8) + BN + ReLU; channels where `hp` is 1 have zero-sum filters."""
+GREY = 1.0 / (255.0 * 0.226)  # one grey level in normalised units (ImageNet std ~0.226)
 
-    def __init__(self, cout: int, n_hp: int):
+
+def _residual_kernels() -> torch.Tensor:
+    """[3, 3, 3] high-pass filters: 2nd-order 2-D (SRM "KB"), and 2nd-order 1-D across and down."""
+    kb = torch.tensor([[-1, 2, -1], [2, -4, 2], [-1, 2, -1]], dtype=torch.float32) / 4.0
+    h = torch.zeros(3, 3)
+    h[1] = torch.tensor([1.0, -2.0, 1.0]) / 2.0
+    return torch.stack([kb, h, h.t().contiguous()])
+
+
+class ResidualFront(nn.Module):
+    """Fixed noise-residual filters per colour channel, then a truncation (TLU) at +-`clip` grey levels.
+
+    Why the truncation: forgery traces (resampling, noise mismatch, recompression, generator
+    checkerboards) are 0.5-3 grey levels, while edges give residuals of tens. Untruncated, a
+    network learns edges (content) first and the traces drown; clipped to +-3 grey levels and
+    scaled to +-1, the residual map is noise texture, and its range is fixed, which INT8 likes.
+    Output: the image's 3 channels followed by 9 residual channels in [-1, 1].
+    """
+
+    N = 9
+
+    def __init__(self, clip: float):
         super().__init__()
-        self.conv = nn.Conv2d(3, cout, PATCH, PATCH, 0, bias=False)
+        k = _residual_kernels()
+        w = torch.zeros(self.N, 3, 3, 3)
+        for o in range(self.N):
+            w[o, o // 3] = k[o % 3] / (clip * GREY)
+        # a dense 3->9 conv with zeros across channels: the same numbers as groups=3, faster in ORT
+        self.conv = nn.Conv2d(3, self.N, 3, 1, 1, bias=False)
+        self.conv.weight.data.copy_(w)
+        self.conv.weight.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, torch.clamp(self.conv(x), -1.0, 1.0)], 1)
+
+
+class BlockStem(nn.Module):
+    """Conv(cin -> C, 8x8, stride 8) + BN + ReLU; channels where `hp` is 1 have zero-sum filters."""
+
+    def __init__(self, cout: int, n_hp: int, cin: int = 3):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, PATCH, PATCH, 0, bias=False)
         hp = torch.zeros(cout)
         hp[:n_hp] = 1.0
         # a buffer, so pruning slices it with the conv's output channels
@@ -39,8 +77,11 @@ class BlockStem(nn.Module):
         self.bn = nn.BatchNorm2d(cout)
 
     def weight(self) -> torch.Tensor:
+        # zero-sum over the image's 3 channels only: residual channels (ResidualFront) are high-pass already
         w = self.conv.weight
-        return w - self.hp.view(-1, 1, 1, 1) * w.mean((1, 2, 3), keepdim=True)
+        rgb = w[:, :3]
+        rgb = rgb - self.hp.view(-1, 1, 1, 1) * rgb.mean((1, 2, 3), keepdim=True)
+        return torch.cat([rgb, w[:, 3:]], 1) if self.conv.in_channels > 3 else rgb
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # exported as a constant: ONNX sees one plain Conv with the projected weight
@@ -74,7 +115,9 @@ class BlockStudent(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.widths
-        self.stem = BlockStem(w[0], min(cfg.stem_hp, w[0]))
+        # optional fixed residual front end (cfg.res_clip > 0): see ResidualFront
+        self.front = ResidualFront(cfg.res_clip) if cfg.res_clip > 0 else None
+        self.stem = BlockStem(w[0], min(cfg.stem_hp, w[0]), 3 + (ResidualFront.N if self.front is not None else 0))
         self.stages = nn.ModuleList([BlockStage(w[0], w[0], cfg.mids[0], False),
                                      BlockStage(w[0], w[1], cfg.mids[1], True),
                                      BlockStage(w[1], w[2], cfg.mids[2], True)])
@@ -84,7 +127,7 @@ class BlockStudent(nn.Module):
         self.cls = nn.Linear(2 * w[-1] + 2, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.stem(x)
+        h = self.stem(self.front(x) if self.front is not None else x)
         feats = []
         for st in self.stages:
             h = st(h)
@@ -97,6 +140,12 @@ class BlockStudent(nn.Module):
         pooled = torch.cat([top.mean((2, 3)), top.amax((2, 3)), mask8.amax((2, 3)), mask8.mean((2, 3))], 1)
         mask = F.interpolate(mask8, scale_factor=2.0, mode="bilinear", align_corners=False)
         return self.cls(pooled).squeeze(1), mask
+
+    def full_precision_layers(self) -> list[str]:
+        """Layers the quantize stage keeps in full precision: the fixed residual filters read the raw
+        image, and INT8 input quantization (a step of ~1.2 grey levels) would round away the 0.5-3
+        grey-level traces they exist for. Their output is clipped to [-1, 1] and quantizes well."""
+        return ["front.conv"] if self.front is not None else []
 
     # ---- pruning interface (see spec.py) ----
     def prune_spec(self) -> PruneSpec:
@@ -129,7 +178,7 @@ class BlockStudent(nn.Module):
         groups += decoder_groups(3, cfg.dec, cfg.dec2, align=8)
         # LoRA on dense convs and the head; the stem's projected conv is not a plain Conv2d call
         targets = [n for n, m in self.named_modules()
-                   if (isinstance(m, nn.Conv2d) and n != "stem.conv") or isinstance(m, nn.Linear)]
+                   if (isinstance(m, nn.Conv2d) and n not in ("stem.conv", "front.conv")) or isinstance(m, nn.Linear)]
         return PruneSpec(groups, blocks, targets)
 
     @staticmethod

@@ -38,6 +38,7 @@ class StudentConfig:
     # first `stem_hp` stem filters zero-sum (high-pass), decoder channels; stem_rgb unused.
     arch: str = "inverted"
     stem_hp: int = 16
+    res_clip: float = 0.0  # block: > 0 adds the fixed residual front end, truncated at +-res_clip grey levels
     stem_rgb: int = 15
     widths: list[int] = field(default_factory=lambda: [24, 40, 64, 96])
     mids: list[list[int]] = field(default_factory=lambda: [[48], [80], [128, 128], [192]])
@@ -115,8 +116,10 @@ def _compact(preset: str, stem: int, widths: list[int], mids: list[list[int]], d
 
 
 def _block(preset: str, widths: list[int], mids: list[list[int]], dec: int, dec2: int, hp: int) -> StudentConfig:
+    # res_clip 3: the truncated noise-residual front end (block.ResidualFront). On the same 600
+    # training steps it raised held-out pixel AUC from 0.65 to 0.75 over the plain block stem.
     return StudentConfig(family="compact", preset=preset, arch="block", widths=widths, mids=mids, dec=dec,
-                         dec2=dec2, stem_hp=hp)
+                         dec2=dec2, stem_hp=hp, res_clip=3.0)
 
 
 def _vit(preset: str, dim: int, depth: int, heads: int, mlp: int, dec_dim: int) -> StudentConfig:
