@@ -210,3 +210,28 @@ def test_module_names_map_to_onnx_nodes_and_exclusion_reaches_ort(student_dir, c
     assert producers.get(conv_of[nodes[0]].input[1]) != "DequantizeLinear"  # kept FP32
     other = next(n for name, n in conv_of.items() if name not in nodes and "stages" in name)
     assert producers.get(other.input[1]) == "DequantizeLinear"  # the rest is quantized
+
+
+def test_block_residual_front_stays_full_precision_in_int8(calib, small_val, tmp_path):
+    """The block student's fixed residual filters read sub-grey-level traces of the raw image: the
+    quantize stage keeps them FP32 (model.full_precision_layers) while the stem and body are INT8."""
+    import onnx
+    import torch
+
+    from defaker_edge.student import StudentConfig, build_student, save_student
+
+    torch.manual_seed(0)
+    scfg = StudentConfig.from_preset("block-s", tile=T)
+    sdir = save_student(build_student(scfg).eval(), scfg, tmp_path / "B")
+    cfg = QuantConfig(precision="int8", out=str(tmp_path / "Q"), budget_auc=1.0, budget_f1=1.0, data=small_val)
+    res = quantize(str(sdir), calib, cfg)
+    man = json.loads((tmp_path / "Q" / "manifest.json").read_text())
+    assert "front.conv" in man["excluded_layers"] and "stem.conv" not in man["excluded_layers"]
+    g = onnx.load(str(res.onnx)).graph
+    producers = {o: n.op_type for n in g.node for o in n.output}
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    front = [n for n in convs if n.input[0] == g.input[0].name]  # the only conv on the raw image
+    assert len(front) == 1 and producers.get(front[0].input[1]) != "DequantizeLinear"
+    fp32_convs = sorted(n.name for n in convs if producers.get(n.input[1]) != "DequantizeLinear")
+    # the stem runs F.conv2d on its zero-sum-projected weight, outside ModelOpt's Conv2d wrapper
+    assert fp32_convs == sorted([front[0].name, "/stem/Conv"]), fp32_convs
