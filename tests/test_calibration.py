@@ -144,10 +144,24 @@ def test_calibrate_thresholds_end_to_end(toy, tmp_path):
     q = export_onnx(worse, tmp_path / "q.onnx", T)
     th2, _ = calibrate_thresholds(ThresholdConfig(model=str(onnx_path), data=str(toy), target_fpr=0.25,
                                                   compare=str(q), out=str(tmp_path / "t2.json")))
-    assert th2.band_rule["w_quant"] == pytest.approx(1.5 / th2.temperature, rel=1e-3)
+    T2, t2 = th2.temperature, th2.threshold
+    assert th2.band_rule["dz_max"] == pytest.approx(1.5 / T2, rel=1e-3)
     assert th2.band[1] - th2.band[0] >= th.band[1] - th.band[0]
-    lt = math.log(th2.threshold / (1 - th2.threshold))
-    assert th2.band[1] >= 1 / (1 + math.exp(-(lt + 1.5 / th2.temperature))) - 1e-9
+    # the guarantee: every image whose quantized decision differs from FP32 falls inside the band,
+    # and the band is no wider than that needs (or the band_frac floor)
+    from defaker_edge.quantize.evaluate import heldout_samples, onnx_runner, predict_images
+
+    samples = heldout_samples(str(toy), None)  # the images calibrate_thresholds scored
+    zs = [np.array([r.logit for r in predict_images(onnx_runner(m, T), samples, T, masks=False)])
+          for m in (onnx_path, q)]
+    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
+    p32, pq = sig(zs[0] / T2), sig(zs[1] / T2)
+    flipped = (pq >= t2) != (p32 >= t2)
+    assert th2.band_rule["flips"] == int(flipped.sum()) > 0
+    lo, hi = th2.band
+    assert np.all((pq[flipped] >= lo - 1e-9) & (pq[flipped] <= hi + 1e-9))
+    lt = math.log(t2 / (1 - t2))
+    assert th2.band_rule["w_quant"] == pytest.approx(float(np.abs(zs[1][flipped] / T2 - lt).max()), rel=1e-6)
 
 
 def test_calibrate_cli(toy, tmp_path, capsys):

@@ -154,7 +154,8 @@ def test_int8_cpu_static_quantization_with_speed(student_dir, calib, small_val, 
     man = json.loads((res.out / "manifest.json").read_text())
     sp = man["speed"]
     assert sp["ratio"] == pytest.approx(sp["fp32_ms"] / sp["int8_ms"]) and sp["ratio"] > 0 and sp["tile"] == T
-    assert man["cpu_fp32_nodes"] and all("Conv" in n for n in man["cpu_fp32_nodes"])
+    # the convs on the raw image, and the layers that make the outputs (through the Squeeze)
+    assert set(man["cpu_fp32_nodes"]) == {"/rgb/rgb.0/Conv", "/srm/Conv", "/mask_head/Conv", "/Squeeze", "/cls/Gemm"}
     assert man["source_model"]["sha256"] and man["metrics"]["int8-cpu"]["n"] == 4
 
 
@@ -235,3 +236,35 @@ def test_block_residual_front_stays_full_precision_in_int8(calib, small_val, tmp
     fp32_convs = sorted(n.name for n in convs if producers.get(n.input[1]) != "DequantizeLinear")
     # the stem runs F.conv2d on its zero-sum-projected weight, outside ModelOpt's Conv2d wrapper
     assert fp32_convs == sorted([front[0].name, "/stem/Conv"]), fp32_convs
+
+
+def test_int8_cpu_never_quantizes_the_raw_image(calib, small_val, tmp_path):
+    """On the CPU path every node that reads the image stays FP32 and reads it unrounded: ORT puts one
+    Q/DQ pair on a tensor any quantized node consumes, so excluding only the residual conv would
+    still feed it the 8-bit image through the Concat beside it."""
+    import onnx
+    import torch
+
+    from defaker_edge.student import StudentConfig, build_student, save_student
+
+    torch.manual_seed(0)
+    scfg = StudentConfig.from_preset("block-s", tile=T)
+    sdir = save_student(build_student(scfg).eval(), scfg, tmp_path / "B")
+    cfg = QuantConfig(precision="int8-cpu", out=str(tmp_path / "Q"), budget_auc=1.0, budget_f1=1.0, data=small_val)
+    res = quantize(str(sdir), calib, cfg)
+    g = onnx.load(str(res.onnx)).graph
+    image = g.input[0].name
+    readers = [n for n in g.node if image in n.input]
+    assert {n.op_type for n in readers} == {"Conv", "Concat"}  # the residual conv and the concat, on the raw image
+    assert not any(n.op_type == "QuantizeLinear" and image in n.input for n in g.node)
+    outputs = {o.name for o in g.output}
+    producers = {o: n for n in g.node for o in n.output}
+    for o in outputs:  # the logits come out unrounded: no Q/DQ pair between them and the layer that makes them
+        n = producers[o]
+        while n.op_type in ("Squeeze", "Reshape", "Resize"):
+            assert producers[n.input[0]].op_type != "DequantizeLinear", n.name
+            n = producers[n.input[0]]
+        w = producers.get(n.input[1])  # an FP32 weight is an initializer, no producer
+        assert n.op_type in ("Conv", "Gemm") and (w is None or w.op_type != "DequantizeLinear"), n.name
+    stem = next(n for n in g.node if n.op_type == "Conv" and n.name.startswith("/stem"))
+    assert producers[stem.input[1]].op_type == "DequantizeLinear"  # the stem itself is INT8

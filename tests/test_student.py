@@ -185,3 +185,21 @@ def test_old_grouped_srm_checkpoint_loads_into_dense_srm():
     x = torch.randn(1, 3, 64, 64)
     old = torch.nn.functional.conv2d(x, state["srm.weight"], stride=2, padding=2, groups=3)
     torch.testing.assert_close(m2.srm(x), old, atol=1e-5, rtol=1e-5)
+
+
+def test_dense_residual_front_checkpoint_loads_into_grouped_conv():
+    """Students saved while the front end's conv was dense ([9, 3, 3, 3]) load and agree."""
+    cfg = StudentConfig.from_preset("block-s", tile=64)
+    m = build_student(cfg).eval()
+    state = m.state_dict()
+    g = state["front.conv.weight"]  # [9, 1, 3, 3]
+    dense = torch.zeros(9, 3, 3, 3)
+    for o in range(9):
+        dense[o, o // 3] = g[o, 0]
+    state["front.conv.weight"] = dense
+    m2 = build_student(cfg).eval()
+    m2.load_state_dict(state)
+    x = torch.randn(1, 3, 64, 64)
+    ref = torch.clamp(torch.nn.functional.conv2d(x, dense, padding=1), -1, 1)
+    torch.testing.assert_close(m2.front(x)[:, 3:], ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m2(x)[0], m(x)[0], atol=1e-5, rtol=1e-5)

@@ -12,9 +12,12 @@ way the runtime scores them (quantize.evaluate).
   logit space around logit(t), half-width w = max(w_frac, w_quant):
     w_frac  = the band_frac quantile of |z/T - logit(t)| over the validation images, i.e. the
               band_frac share of images nearest the threshold (default 10%);
-    w_quant = (with --compare Q.onnx) the largest |z_q - z| / T seen between the FP32 model and the
-              quantized one: a quantized decision can differ from FP32 only when its scaled logit is
-              within that distance of logit(t), so every such image falls inside the band.
+    w_quant = (with --compare Q.onnx) over the validation images whose quantized decision differs
+              from the FP32 one, the largest |z_q / T - logit(t)|: the narrowest band around the
+              threshold that holds every such image (the runtime tests the quantized probability,
+              so that is the distance that matters). An image whose logits differ a lot but far from
+              the threshold flips nothing and does not widen the band; the largest |z_q - z| / T is
+              recorded too (`dz_max`).
   band = [sigmoid(logit(t) - w), sigmoid(logit(t) + w)].
 """
 
@@ -143,7 +146,7 @@ def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
     t = threshold_at_fpr(p, y, cfg.target_fpr)
     lt = _logit(t)
     w_frac = float(np.quantile(np.abs(z / T - lt), cfg.band_frac)) if cfg.band_frac > 0 else 0.0
-    w_quant, flips = 0.0, None
+    w_quant, flips, dz_max = 0.0, None, None
     if cfg.compare:
         qt = onnx_tile(cfg.compare)
         if qt != tile:
@@ -151,8 +154,10 @@ def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
         qz = np.array([q.logit for q in predict_images(onnx_runner(cfg.compare, qt, cfg.threads), samples, qt,
                                                        overlap=cfg.overlap, batch=cfg.batch, masks=False,
                                                        desc="compare")])
-        w_quant = float(np.abs(qz - z).max() / T)
-        flips = int(((_sig(qz / T) >= t) != (p >= t)).sum())
+        flipped = (_sig(qz / T) >= t) != (p >= t)
+        flips = int(flipped.sum())
+        w_quant = float(np.abs(qz[flipped] / T - lt).max()) if flips else 0.0
+        dz_max = float(np.abs(qz - z).max() / T)
     w = max(w_frac, w_quant)
     pred = p >= t
     measured = {"fpr": float(pred[y == 0].mean()), "tpr": float(pred[y == 1].mean()), "n": int(len(y)),
@@ -162,7 +167,7 @@ def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
     th = Thresholds(temperature=T, threshold=t, band=[float(_sig(lt - w)), float(_sig(lt + w))],
                     target_fpr=cfg.target_fpr, measured=measured,
                     band_rule={"rule": "logit half-width max(w_frac, w_quant)", "band_frac": cfg.band_frac,
-                               "w_frac": w_frac, "w_quant": w_quant, "compare": cfg.compare, "flips": flips,
+                               "w_frac": w_frac, "w_quant": w_quant, "compare": cfg.compare, "flips": flips, "dz_max": dz_max,
                                "model_sha256": sha, "data": str(cfg.data), "created": utc_now()})
     out = Path(cfg.out) if cfg.out else default_out
     if out.suffix != ".json":

@@ -116,13 +116,17 @@ def speed_ratio(fp32_onnx: str | Path, int8_onnx: str | Path, tiles: np.ndarray,
             "tile": int(tiles.shape[-1]), "batch": 1, "threads": threads, "provider": "CPUExecutionProvider"}
 
 
-def image_convs(onnx_path: str | Path) -> list[str]:
-    """Conv nodes that read the model's input image directly (the stem: SRM / RGB / JPEG-block convs).
+def image_readers(onnx_path: str | Path) -> list[str]:
+    """Nodes that read the model's input image directly: the stem convs (SRM / RGB / JPEG-block, or
+    the residual front end's conv) and anything else on the raw image (the front end's Concat).
 
     Why they stay FP32 on the CPU path:
     - precision: U8 quantisation of the normalised image has a step of (range / 255), about 1.07
-      grey levels here, so it rounds away the 1-2 grey-level noise residuals these filters exist to
-      read; every later activation is already a learned feature and quantises well;
+      grey levels here, so it rounds away the 0.5-3 grey-level noise residuals these filters exist
+      to read; every later activation is already a learned feature and quantises well. Every
+      reader must be excluded, not only the convs: ORT puts one Q/DQ pair on a tensor that any
+      quantized node consumes, and an FP32 conv then reads the rounded image through it (this
+      cost the residual-front student 0.034 pixel F1 until the Concat beside it was excluded too);
     - speed, for the `inverted` arch: ORT's QLinearConv has no fast kernel for a 3-channel input at
       full resolution (measured on a 2-core Zen 3, 1 thread: the grouped 5x5 SRM conv took 119 ms
       in INT8 vs 29 ms in FP32), while the FP32 Conv runs a direct NCHWc kernel. The `block` arch's
@@ -132,4 +136,33 @@ def image_convs(onnx_path: str | Path) -> list[str]:
 
     g = onnx.load(str(onnx_path), load_external_data=False).graph
     inputs = {i.name for i in g.input}
-    return [n.name for n in g.node if n.op_type == "Conv" and n.input and n.input[0] in inputs]
+    return [n.name for n in g.node if any(i in inputs for i in n.input)]
+
+
+_PASS_THROUGH = {"Squeeze", "Unsqueeze", "Reshape", "Flatten", "Transpose", "Resize", "Identity"}
+
+
+def output_nodes(onnx_path: str | Path) -> list[str]:
+    """The nodes that make the model's outputs: each output's producer and, through shape-only ops
+    (Squeeze, Reshape, Resize, ...), the node that computes it (the logit's Gemm, the mask head's Conv).
+
+    Why they stay FP32: ORT puts a U8 Q/DQ pair on the output of every quantized node, so with the
+    Gemm quantized the image logit comes out on a grid of (range / 255), 0.063 logits on the
+    default student, and the mask logits on one of 0.136: pixels and images that close to their
+    threshold can flip. The logits are the answer; the two small layers that make them cost nothing
+    in FP32.
+    """
+    import onnx
+
+    g = onnx.load(str(onnx_path), load_external_data=False).graph
+    producers = {o: n for n in g.node for o in n.output}
+    names: list[str] = []
+    todo = [producers[o.name] for o in g.output if o.name in producers]
+    while todo:
+        n = todo.pop()
+        if n.name in names:
+            continue
+        names.append(n.name)
+        if n.op_type in _PASS_THROUGH and n.input and n.input[0] in producers:
+            todo.append(producers[n.input[0]])
+    return names

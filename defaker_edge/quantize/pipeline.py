@@ -100,10 +100,11 @@ class _Builder:
         elif self.cfg.precision == "fp8":
             fp8_onnx(self.fp32_onnx, path, self.calib, nodes)
         else:
-            from .ort_static import image_convs, quantize_ort_static
+            from .ort_static import image_readers, output_nodes, quantize_ort_static
 
-            # convs on the raw image stay FP32 on CPUs (slower in INT8 there; see image_convs)
-            self.cpu_fp32_nodes = image_convs(self.fp32_onnx)
+            # the ops on the raw image and those that produce the outputs stay FP32 on CPUs (see
+            # image_readers, output_nodes)
+            self.cpu_fp32_nodes = image_readers(self.fp32_onnx) + output_nodes(self.fp32_onnx)
             quantize_ort_static(self.fp32_onnx, path, self.calib, sorted(set(nodes) | set(self.cpu_fp32_nodes)),
                                 batch=self.cfg.batch)
         return path, nodes

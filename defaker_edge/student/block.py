@@ -52,13 +52,23 @@ class ResidualFront(nn.Module):
     def __init__(self, clip: float):
         super().__init__()
         k = _residual_kernels()
-        w = torch.zeros(self.N, 3, 3, 3)
-        for o in range(self.N):
-            w[o, o // 3] = k[o % 3] / (clip * GREY)
-        # a dense 3->9 conv with zeros across channels: the same numbers as groups=3, faster in ORT
-        self.conv = nn.Conv2d(3, self.N, 3, 1, 1, bias=False)
-        self.conv.weight.data.copy_(w)
+        # groups=3: output 3c+j applies filter j to colour channel c. Measured in ORT CPU at 512 px
+        # (1 thread) the grouped conv + clip + concat took 14 ms against 24 ms for the same filters
+        # as a dense 3->9 conv with zeros across channels (full resolution, 3 input channels: the
+        # dense conv multiplies the zeros too)
+        self.conv = nn.Conv2d(3, self.N, 3, 1, 1, groups=3, bias=False)
+        self.conv.weight.data.copy_(k.repeat(3, 1, 1).unsqueeze(1) / (clip * GREY))
         self.conv.weight.requires_grad_(False)
+        self._register_load_state_dict_pre_hook(self._from_dense)
+
+    @staticmethod
+    def _from_dense(state_dict, prefix, *args):
+        # students trained before the conv was grouped stored it dense, [9, 3, 3, 3] with zeros
+        # across channels: the same filters
+        k = prefix + "conv.weight"
+        w = state_dict.get(k)
+        if w is not None and w.shape[1] == 3:
+            state_dict[k] = torch.stack([w[o, o // 3] for o in range(w.shape[0])]).unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([x, torch.clamp(self.conv(x), -1.0, 1.0)], 1)
