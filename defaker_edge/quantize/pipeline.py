@@ -154,12 +154,13 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
 
         fp32_m = score(fp32_onnx, "fp32") if samples else {}
         builder = _Builder(net, calib, cfg, tile, work, fp32_onnx)
-        excluded = matching(builder.layers(), cfg.exclude)
+        layers = builder.layers()  # walks the calibrated model once
+        excluded = matching(layers, cfg.exclude)
         if cfg.exclude and not excluded:
             log.warning("--exclude %s matched no quantized layer", cfg.exclude)
         # layers the model itself marks full-precision (fixed forensic filters that read sub-grey-level
         # residuals of the raw image: quantizing their input would round the signal away)
-        fixed = [n for n in getattr(net, "full_precision_layers", lambda: [])() if n in builder.layers()]
+        fixed = [n for n in getattr(net, "full_precision_layers", lambda: [])() if n in layers]
         excluded += [n for n in fixed if n not in excluded]
         attempts: list[dict] = []
 
