@@ -378,3 +378,13 @@ def test_cli_module_is_light():
             "print([m for m in ('numpy', 'torch', 'onnxruntime', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_pareto_labels_of_coincident_points_are_stacked():
+    """Variants at the same accuracy and nearly the same latency get distinct label offsets; a
+    point far away keeps the default offset."""
+    from defaker_edge.bench.plots import label_offsets
+
+    offs = label_offsets([(120.0, 0.64), (124.0, 0.641), (121.0, 0.64), (200.0, 0.45)])
+    assert len(set(offs[:3])) == 3
+    assert offs[3] == offs[0]

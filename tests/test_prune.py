@@ -147,3 +147,27 @@ def test_prune_block_student_keeps_channel_counts_aligned(manifest, tmp_path):
     with torch.no_grad():
         lg, mk = model(x)
     assert mk.shape == (1, 1, 16, 16) and torch.isfinite(lg).all()
+
+
+def test_prune_retention_compares_the_teachers_own_images(manifest, tmp_path):
+    """The teacher's held-out metrics are carried over from the distill report (it is slow to score);
+    when the pruning check uses more images than the teacher was scored on, retention is computed
+    on the teacher's images only, not on a mix of two sample sizes."""
+    from defaker_edge.distill.trainer import split_samples
+
+    src = _student_dir(tmp_path)
+    _, held, name = split_samples(manifest)
+    assert len(held) >= 4
+    teacher = {"threshold": 0.5, "per_domain": {},
+               "overall": {"n": 2, "image_auc": 0.5, "pixel_f1": 0.25, "balanced_acc": 0.5}}
+    (src / "report.json").write_text(json.dumps({"val": {"split": name, "teacher": teacher}}))
+    res = prune(PruneConfig(student=str(src), data=manifest, out=str(tmp_path / "p"), ratio=0.5, steps=2, batch=4,
+                            crop=64, events=1, drop_blocks=0, eval_max=4, threads=1))
+    v = res.report["val"]
+    assert v["student"]["overall"]["n"] == 4 and v["student_at_teacher_n"]["overall"]["n"] == 2
+    from defaker_edge.distill.evaluate import retention
+
+    want = retention(v["student_at_teacher_n"], {"overall": teacher["overall"]})
+    for k, w in want.items():  # NaN where the random student's metric is undefined on two images
+        got = v["retention"][k]
+        assert (np.isnan(got) and np.isnan(w)) or got == pytest.approx(w), (k, got, w)

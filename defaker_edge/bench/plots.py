@@ -29,6 +29,22 @@ def pareto_points(report: dict) -> list[dict]:
     return pts
 
 
+def label_offsets(points: list[tuple[float, float]], *, dx: float = 0.15, dy: float = 0.03,
+                  step: float = 9.0) -> list[tuple[float, float]]:
+    """Text offsets (points) that stack the labels of near-coincident markers instead of drawing
+    them on top of each other: variants often sit at the same accuracy and nearly the same latency
+    (INT8 files that agree with FP32). Near means within `dy` in the accuracy and a relative `dx` in
+    latency (the axis is usually log)."""
+    placed: list[tuple[float, float, int]] = []
+    out = []
+    for x, y in points:
+        n = sum(1 for px, py, _ in placed
+                if abs(py - y) <= dy and abs(px - x) <= dx * max(abs(px), abs(x), 1e-9))
+        placed.append((x, y, n))
+        out.append((4.0, 3.0 - step * n))
+    return out
+
+
 def pareto_plot(report: dict, path: str | Path) -> Path:
     plt = _plt()
     pts = pareto_points(report)
@@ -39,9 +55,10 @@ def pareto_plot(report: dict, path: str | Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, name in ((axes[0], "image_auc", "image AUC"), (axes[1], "pixel_f1", "pixel F1 @0.5")):
         shown = [p for p in pts if p[key] is not None]
-        for p in shown:
+        offsets = label_offsets([(p["p50_ms"], p[key]) for p in shown])
+        for p, off in zip(shown, offsets):
             ax.scatter(p["p50_ms"], p[key], s=40)
-            ax.annotate(p["label"], (p["p50_ms"], p[key]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(p["label"], (p["p50_ms"], p[key]), fontsize=7, xytext=off, textcoords="offset points")
         xs = [p["p50_ms"] for p in shown] + [t["p50_ms"] for t in teachers]
         if xs and max(xs) / max(min(xs), 1e-9) > 5:  # log only when it spans a range; else labels clutter
             ax.set_xscale("log")

@@ -262,7 +262,14 @@ def prune(cfg: PruneConfig) -> PruneResult:
             if prev and prev.get("teacher") and prev.get("split") == held_name:
                 v["teacher"] = prev["teacher"]
                 v["teacher_from"] = str(src)
-                v["retention"] = retention(v["student"], v["teacher"])
+                # retention compares the same images: the teacher (slow, ~2 s an image) was scored
+                # on the first n of the split, the pruning check may use more of it
+                n_t = int(prev["teacher"]["overall"].get("n") or 0)
+                same = v["student"]
+                if 0 < n_t < int(v["student"]["overall"].get("n") or 0):
+                    same = evaluate(small, held[:n_t], new_cfg.tile, targets, desc="eval pruned (teacher's images)")["student"]
+                    v["student_at_teacher_n"] = same
+                v["retention"] = retention(same, v["teacher"])
         if v.get("unpruned") and v.get("student"):
             v["auc_drop"] = v["unpruned"]["overall"]["image_auc"] - v["student"]["overall"]["image_auc"]
         report["val"] = v
