@@ -345,3 +345,66 @@ def test_normalize_lookup_is_bit_identical_to_the_formula():
     tiling.normalize(t, out=buf[1:3])
     np.testing.assert_array_equal(buf[1:3], want)
     assert np.isnan(buf[0]).all()
+
+
+class Concurrent(Wrap):
+    """A Wrap that allows concurrent runs and records how many overlapped."""
+
+    def __init__(self, inner, mode=None, concurrent=True):
+        super().__init__(inner, mode)
+        import threading
+
+        self.concurrent = concurrent
+        self.now = self.peak = 0
+        self._lock = threading.Lock()
+
+    def run(self, batch):
+        import time as _t
+
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        try:
+            _t.sleep(0.05)  # long enough for the next batch to be submitted meanwhile
+            return super().run(batch)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+def test_workers_split_an_image_evenly_and_agree_with_one_worker(pkg):
+    """Two workers run an image's 9 tiles as 5 + 4 at the same time, with the same answer as one."""
+    img = _img(136, 136)
+    assert len(tiling.tile_origins(136, 136, tiling.TileSpec(TILE, 16))) == 9
+    ref = Detector.load(pkg, workers=1).check(img)
+    det = Detector.load(pkg, workers=2, threads=2)
+    assert det.workers == 2 and det.info()["threads_per_run"] == 1
+    det.backend = spy = Concurrent(det.backend)
+    v = det.check(img)
+    assert sorted(spy.sizes) == [4, 5] and spy.peak == 2
+    assert v.fake_prob == pytest.approx(ref.fake_prob, abs=1e-6)
+    np.testing.assert_allclose(v.mask_quarter, ref.mask_quarter, atol=1e-6)
+    assert v.timings["infer_ms"] > 0 and v.timings["total_ms"] >= v.timings["infer_ms"]
+    many = list(det.check_many([img, _img(70, 90, seed=1), img]))  # in order, same answers
+    assert [m.fake_prob for m in many][::2] == pytest.approx([ref.fake_prob] * 2, abs=1e-6)
+
+
+def test_a_backend_that_cannot_run_concurrently_runs_one_batch_at_a_time(pkg):
+    det = Detector.load(pkg, workers=2, threads=2, batch_size=2)
+    det.backend = spy = Concurrent(det.backend, concurrent=False)
+    v = det.check(_img(136, 136))
+    assert spy.peak == 1 and spy.sizes == [2, 2, 2, 2, 1] and v.n_tiles == 9
+
+
+def test_a_failing_concurrent_batch_reruns_on_full_precision(pkg):
+    det = Detector.load(pkg, workers=2, threads=2)
+    det.backend = Concurrent(det.backend, "raise")
+    v = det.check(_img(136, 136))
+    assert v.precision == "fp32" and v.fallback == "int8-cpu: RuntimeError: device lost"
+
+
+def test_threads_and_workers_must_be_positive(pkg):
+    for kw in ({"threads": 0}, {"workers": 0}, {"workers": -1}):
+        with pytest.raises(DefakerError, match="must be >= 1"):
+            Detector.load(pkg, **kw)
+    assert Detector.load(pkg, threads=1, workers=4).workers == 1  # never more workers than threads

@@ -63,6 +63,11 @@ def _load_args(p: argparse.ArgumentParser) -> None:
                         "never: fail instead")
     p.add_argument("--batch-size", type=int, default=8, help="tiles per backend call (across images)")
     p.add_argument("--student", help="student checkpoint dir for --backend torch")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads a check may use (default: all cores; 1 keeps it on one core)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tile batches run at once on a CPU backend, each with threads/workers threads "
+                        "(default: min(threads, 4))")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -139,7 +144,8 @@ def _load_detector(args: argparse.Namespace, **kw):
     from . import Detector
 
     return Detector.load(args.package, backend=args.backend, precision=args.precision, fallback=args.fallback,
-                         batch_size=args.batch_size, student=args.student, **kw)
+                         batch_size=args.batch_size, student=args.student, threads=args.threads,
+                         workers=args.workers, **kw)
 
 
 def run_check(args: argparse.Namespace) -> int:

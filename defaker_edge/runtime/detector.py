@@ -106,7 +106,8 @@ class _Job:
     logits: np.ndarray
     stitcher: MaskStitcher | None
     decode_ms: float = 0.0
-    infer_ms: float = 0.0
+    infer_ms: float = 0.0  # wall time from cutting its first tile to its last tile's answer
+    t_start: float = 0.0
     done: int = 0
     error: str | None = None  # a run-time problem on this path (exception, nan)
     decode_error: DefakerError | None = None
@@ -141,7 +142,7 @@ class Detector:
 
     def __init__(self, pkg: Package, backend: Backend, *, fallback: str, load_fallback: str | None,
                  batch_size: int, mask: str, mask_dtype: str, max_pixels: int, providers: Sequence[str] | None,
-                 golden: Golden | None, threads: int | None = None):
+                 golden: Golden | None, threads: int | None = None, workers: int = 1):
         self.package = pkg
         self.backend = backend
         self.fallback_mode = fallback
@@ -160,7 +161,10 @@ class Detector:
         self.package_problems: list[str] = []  # files of the package that failed their check at load
         # Tile cutting + normalization is memory-bound numpy work that releases the GIL and runs
         # while the backend is idle: split across the cores it is ~2x shorter on a 2-core CPU.
-        self._prep_n = max(1, min(4, threads or os.cpu_count() or 1))
+        # concurrent tile batches (see _stream); `threads` is each run's intra-op threads
+        self.workers = max(1, int(workers))
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="defaker-run") if self.workers > 1 else None
+        self._prep_n = max(1, min(4, (threads or os.cpu_count() or 1) * self.workers))
         self._prep = ThreadPoolExecutor(self._prep_n, thread_name_prefix="defaker-prep") if self._prep_n > 1 else None
 
     # ---------------------------------------------------------------- loading
@@ -168,7 +172,7 @@ class Detector:
     def load(cls, package: str | Path | None = None, backend: str = "auto", precision: str = "auto",
              providers: Sequence[str] | None = None, fallback: str = "auto", *, batch_size: int = 8,
              student: str | Path | None = None, mask: str = "full", mask_dtype: str = "float16",
-             max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None, workers: int | None = None,
              trt: Any = None, cudart: Any = None) -> "Detector":
         """Load a package (None = the default one) on the best backend that passes its checks.
 
@@ -176,8 +180,11 @@ class Detector:
         `student/` folder in the package). precision: auto (CPU: int8-cpu; GPU: engine, then INT8
         Q/DQ on the CUDA EP; else fp32) or one of fp32, fp16, int8, int8-cpu, fp8.
         fallback: auto (fall back to the FP32 ONNX, recording why) | never (raise instead).
-        threads: ONNX Runtime's intra-op threads and the tile-preparation threads (None: the cores, at
-        most 4 for preparation; 1 keeps the whole check on one core).
+        threads: the CPU threads a check may use (None: the cores; 1 keeps the whole check on one
+        core). workers: tile batches run at once on a CPU backend, each with threads // workers
+        ONNX Runtime intra-op threads (None: min(threads, 4)); GPU backends run one batch at a time.
+        On a 2-core CPU, 2 workers of 1 thread check a 1024x1024 image (9 tiles) faster than 1 of
+        2 threads; a single-tile image is then a little slower (see bench/RESULTS.md).
         """
         if backend not in BACKENDS:
             raise DefakerError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -191,6 +198,13 @@ class Detector:
             raise DefakerError(f"mask_dtype must be float16, float32 or uint8, got {mask_dtype!r}")
         if batch_size < 1:
             raise DefakerError(f"batch_size must be >= 1, got {batch_size}")
+        if threads is not None and threads < 1:
+            raise DefakerError(f"threads must be >= 1, got {threads}")
+        if workers is not None and workers < 1:
+            raise DefakerError(f"workers must be >= 1, got {workers}")
+        cores = threads or os.cpu_count() or 1
+        workers = min(workers or min(cores, 4), cores)
+        intra = max(1, cores // workers)
         pkg = load_package(package)
         if (not np.allclose(pkg.mean, tiling.MEAN, atol=1e-6) or not np.allclose(pkg.std, tiling.STD, atol=1e-6)):
             raise ArtifactError(f"{pkg.root}: input mean/std {pkg.mean}/{pkg.std} differ from the runtime's "
@@ -203,7 +217,7 @@ class Detector:
         reasons: list[str] = []
         for c in cands:
             try:
-                be = cls._open(pkg, c, golden, providers, student=student, threads=threads,
+                be = cls._open(pkg, c, golden, providers, student=student, threads=intra,
                                batch_size=batch_size, trt=trt, cudart=cudart, verified=verified)
             except BackendUnavailable as e:
                 reasons.append(f"{c.label}: {e.reason}")
@@ -213,7 +227,7 @@ class Detector:
                 continue
             det = cls(pkg, be, fallback=fallback, load_fallback="; ".join(reasons) or None,
                       batch_size=batch_size, mask=mask, mask_dtype=mask_dtype, max_pixels=max_pixels,
-                      providers=providers, golden=golden, threads=threads)
+                      providers=providers, golden=golden, threads=intra, workers=workers)
             det.package_problems = [f"{f.path}: {verified[f.path]}" for f in pkg.files if verified[f.path]]
             for p in det.package_problems:
                 log.warning("%s: %s", pkg.root, p)
@@ -347,30 +361,43 @@ class Detector:
 
     def _stream(self, jobs: Iterable[_Job], backend: Backend) -> Iterator[_Job]:
         """Run every job's tiles through `backend` in batches that may span images; yield jobs in order
-        as soon as all their tiles are back. Memory: one batch of tiles plus the jobs in flight (at
-        most one image with >= batch_size tiles)."""
+        as soon as all their tiles are back. Memory: one batch of tiles per worker plus the jobs in
+        flight (at most one image with >= batch_size tiles).
+
+        With W > 1 workers (a backend that allows concurrent runs: ORT on the CPU), up to W batches
+        run at once, each on 1/W of the threads, while the next batch is cut: on 2 cores two
+        one-thread runs finish sooner than one two-thread run, because ORT's intra-op threading
+        splits each small conv and waits at every op. An image's tiles are then split into W
+        batches of similar size (9 tiles: 5 + 4, not 8 + 1)."""
         T = self.spec.tile
         B = min(self.batch_size, backend.max_batch or self.batch_size)
-        buf = np.empty((B, 3, T, T), dtype=np.float32)
+        W = self.workers if backend.concurrent and self._pool is not None else 1
+        bufs = [np.empty((B, 3, T, T), dtype=np.float32) for _ in range(W)]
+        cur = 0
         refs: list[tuple[_Job, int]] = []
+        pending: deque[tuple[Any, list[tuple[_Job, int]]]] = deque()
         inflight: deque[_Job] = deque()
 
-        def flush() -> None:
-            n = len(refs)
-            if not n:
-                return
-            t = time.perf_counter()
-            fake = mask = None
+        def run(x: np.ndarray) -> tuple[Any, Any, str | None]:
             try:
-                fake, mask = backend.run(buf[:n])
-                bad = ~np.isfinite(fake) | ~np.isfinite(mask.reshape(n, -1)).all(axis=1)
+                fake, mask = backend.run(x)
+                return fake, mask, None
             except Exception as e:  # any backend failure re-runs these images on the fallback path
-                msg = f"{backend.precision}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-                for job, _ in refs:
-                    job.error = job.error or msg
-            dt = (time.perf_counter() - t) * 1e3 / n
-            for k, (job, i) in enumerate(refs):
-                if fake is not None and job.error is None:
+                return None, None, (f"{backend.precision}: {type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:160] if str(e) else ''}")
+
+        def collect() -> None:
+            res, batch = pending.popleft()
+            fake, mask, err = res.result() if W > 1 else res
+            n = len(batch)
+            bad = None
+            if err is None:
+                bad = ~np.isfinite(fake) | ~np.isfinite(mask.reshape(n, -1)).all(axis=1)
+            now = time.perf_counter()
+            for k, (job, i) in enumerate(batch):
+                if err is not None:
+                    job.error = job.error or err
+                elif job.error is None:
                     if bad[k]:
                         job.error = "nan/inf in output"
                     else:
@@ -379,27 +406,51 @@ class Detector:
                             y, x = job.origins[i]
                             job.stitcher.add(y, x, mask[k, 0])
                 job.done += 1
-                job.infer_ms += dt
+                if job.done == job.n:
+                    job.infer_ms = (now - job.t_start) * 1e3
+            del fake, mask
+
+        def flush() -> None:
+            nonlocal cur
+            if not refs:
+                return
+            x = bufs[cur][:len(refs)]
+            pending.append((self._pool.submit(run, x) if W > 1 else run(x), list(refs)))
             refs.clear()
+            cur = (cur + 1) % W
+            if len(pending) >= W:  # the next buffer is the oldest batch's: wait for it first
+                collect()
+
+        def drain() -> None:
+            while pending:
+                collect()
 
         for job in jobs:
             inflight.append(job)
+            job.t_start = time.perf_counter()
+            # a multi-tile image is split evenly over the workers; small images share batches of B
+            cap = min(B, -(-job.n // W)) if W > 1 and job.n > W else B
             i = 0
             while i < job.n:
-                take = min(B - len(refs), job.n - i)
+                take = min(cap - len(refs), job.n - i) if len(refs) < cap else 0
+                if take == 0:
+                    flush()
+                    continue
                 k = len(refs)
-                self._prepare(job.img, job.origins[i:i + take], buf[k:k + take])
+                self._prepare(job.img, job.origins[i:i + take], bufs[cur][k:k + take])
                 refs.extend((job, j) for j in range(i, i + take))
                 i += take
-                if len(refs) == B:
+                if len(refs) >= cap:
                     flush()
-            if job.n >= B:
+            if job.n >= B or (W > 1 and job.n > W):
                 # a large image: finish it before the next one is decoded, so two big images are
                 # never in memory together; small images keep sharing batches
                 flush()
+                drain()
             while inflight and inflight[0].done == inflight[0].n:
                 yield inflight.popleft()
         flush()
+        drain()
         while inflight:
             yield inflight.popleft()
 
@@ -515,11 +566,14 @@ class Detector:
         return {"package": str(self.package.root), "backend": self.backend.name, "precision": self.backend.precision,
                 "provider": self.backend.provider, "fallback": self.load_fallback,
                 "package_problems": self.package_problems, "tile": self.spec.tile,
-                "overlap": self.spec.overlap, "batch_size": self.batch_size}
+                "overlap": self.spec.overlap, "batch_size": self.batch_size,
+                "workers": self.workers if self.backend.concurrent else 1, "threads_per_run": self._threads}
 
     def close(self) -> None:
         if self._prep is not None:
             self._prep.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self.backend.close()
         if self._fp is not None:
             self._fp.close()

@@ -28,6 +28,9 @@ class Backend(ABC):
     precision: str = "?"
     provider: str = "?"
     max_batch: int | None = None  # None: any batch size
+    # run() may be called from several threads at once (ORT sessions on the CPU: each Run uses its
+    # own intra-op threads); TensorRT's one execution context and fixed device buffers may not
+    concurrent: bool = False
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

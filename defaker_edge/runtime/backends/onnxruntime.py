@@ -75,6 +75,7 @@ class OrtBackend(Backend):
                                      f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
         used = self.session.get_providers()
         self.provider = used[0] if used else "?"
+        self.concurrent = self.provider == "CPUExecutionProvider"
         if self.provider != provs[0]:
             log.info("%s: asked for %s, onnxruntime runs it on %s", self.path.name, provs[0], self.provider)
         inputs = self.session.get_inputs()
