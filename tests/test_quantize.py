@@ -231,19 +231,17 @@ def test_block_residual_front_stays_full_precision_in_int8(calib, small_val, tmp
     g = onnx.load(str(res.onnx)).graph
     producers = {o: n.op_type for n in g.node for o in n.output}
     convs = [n for n in g.node if n.op_type == "Conv"]
-    front = [n for n in convs if n.name.startswith("/front/")]
-    assert len(front) == 1 and front[0].input[0] == g.input[0].name  # it reads the raw image, unrounded
-    assert producers.get(front[0].input[1]) != "DequantizeLinear"
+    front = [n for n in convs if n.input[0] == g.input[0].name]  # the only conv on the raw image
+    assert len(front) == 1 and producers.get(front[0].input[1]) != "DequantizeLinear"
     fp32_convs = sorted(n.name for n in convs if producers.get(n.input[1]) != "DequantizeLinear")
     # the stem runs F.conv2d on its zero-sum-projected weight, outside ModelOpt's Conv2d wrapper
-    # (two convs: the image's and the residual's, see BlockStem.forward)
-    assert fp32_convs == sorted([front[0].name, "/stem/Conv", "/stem/Conv_1"]), fp32_convs
+    assert fp32_convs == sorted([front[0].name, "/stem/Conv"]), fp32_convs
 
 
 def test_int8_cpu_never_quantizes_the_raw_image(calib, small_val, tmp_path):
     """On the CPU path every node that reads the image stays FP32 and reads it unrounded: ORT puts one
     Q/DQ pair on a tensor any quantized node consumes, so excluding only the residual conv would
-    still feed it the 8-bit image through the stem's image conv beside it."""
+    still feed it the 8-bit image through the Concat beside it."""
     import onnx
     import torch
 
@@ -257,7 +255,7 @@ def test_int8_cpu_never_quantizes_the_raw_image(calib, small_val, tmp_path):
     g = onnx.load(str(res.onnx)).graph
     image = g.input[0].name
     readers = [n for n in g.node if image in n.input]
-    assert len(readers) == 2 and {n.op_type for n in readers} == {"Conv"}  # the residual conv and the stem's image conv
+    assert {n.op_type for n in readers} == {"Conv", "Concat"}  # the residual conv and the concat, on the raw image
     assert not any(n.op_type == "QuantizeLinear" and image in n.input for n in g.node)
     outputs = {o.name for o in g.output}
     producers = {o: n for n in g.node for o in n.output}
@@ -268,9 +266,5 @@ def test_int8_cpu_never_quantizes_the_raw_image(calib, small_val, tmp_path):
             n = producers[n.input[0]]
         w = producers.get(n.input[1])  # an FP32 weight is an initializer, no producer
         assert n.op_type in ("Conv", "Gemm") and (w is None or w.op_type != "DequantizeLinear"), n.name
-    stem = [n for n in g.node if n.op_type == "Conv" and n.name.startswith("/stem")]
-    # the stem's conv over the residual channels is INT8; its conv over the raw image stays FP32
-    assert sorted(producers.get(n.input[1]) is not None and producers[n.input[1]].op_type == "DequantizeLinear"
-                  for n in stem) == [False, True]
-    res_stem = next(n for n in stem if n.input[1] in producers)
-    assert image not in res_stem.input
+    stem = next(n for n in g.node if n.op_type == "Conv" and n.name.startswith("/stem"))
+    assert producers[stem.input[1]].op_type == "DequantizeLinear"  # the stem itself is INT8

@@ -118,8 +118,7 @@ def speed_ratio(fp32_onnx: str | Path, int8_onnx: str | Path, tiles: np.ndarray,
 
 def image_readers(onnx_path: str | Path) -> list[str]:
     """Nodes that read the model's input image directly: the stem convs (SRM / RGB / JPEG-block, or
-    the residual front end's conv, and the block stem's conv over the image channels) and anything
-    else on the raw image.
+    the residual front end's conv) and anything else on the raw image (the front end's Concat).
 
     Why they stay FP32 on the CPU path:
     - precision: U8 quantisation of the normalised image has a step of (range / 255), about 1.07
@@ -127,8 +126,7 @@ def image_readers(onnx_path: str | Path) -> list[str]:
       to read; every later activation is already a learned feature and quantises well. Every
       reader must be excluded, not only the convs: ORT puts one Q/DQ pair on a tensor that any
       quantized node consumes, and an FP32 conv then reads the rounded image through it (this
-      cost the residual-front student 0.034 pixel F1 until the Concat that then sat beside it was
-      excluded too);
+      cost the residual-front student 0.034 pixel F1 until the Concat beside it was excluded too);
     - speed, for the `inverted` arch: ORT's QLinearConv has no fast kernel for a 3-channel input at
       full resolution (measured on a 2-core Zen 3, 1 thread: the grouped 5x5 SRM conv took 119 ms
       in INT8 vs 29 ms in FP32), while the FP32 Conv runs a direct NCHWc kernel. The `block` arch's

@@ -44,8 +44,7 @@ class ResidualFront(nn.Module):
     checkerboards) are 0.5-3 grey levels, while edges give residuals of tens. Untruncated, a
     network learns edges (content) first and the traces drown; clipped to +-3 grey levels and
     scaled to +-1, the residual map is noise texture, and its range is fixed, which INT8 likes.
-    Output: 9 residual channels in [-1, 1] (filter j of colour channel c at 3c+j). The image itself
-    goes to the stem beside them, not concatenated: see BlockStem.forward.
+    Output: the image's 3 channels followed by 9 residual channels in [-1, 1].
     """
 
     N = 9
@@ -72,7 +71,7 @@ class ResidualFront(nn.Module):
             state_dict[k] = torch.stack([w[o, o // 3] for o in range(w.shape[0])]).unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(self.conv(x), -1.0, 1.0)
+        return torch.cat([x, torch.clamp(self.conv(x), -1.0, 1.0)], 1)
 
 
 class BlockStem(nn.Module):
@@ -94,26 +93,9 @@ class BlockStem(nn.Module):
         rgb = rgb - self.hp.view(-1, 1, 1, 1) * rgb.mean((1, 2, 3), keepdim=True)
         return torch.cat([rgb, w[:, 3:]], 1) if self.conv.in_channels > 3 else rgb
 
-    def forward(self, x: torch.Tensor, r: torch.Tensor | None = None) -> torch.Tensor:
-        """x: the image; r: the residual front end's channels (None without a front end).
-
-        The projected weight is exported as a constant: ONNX sees plain Convs. With a front end the
-        conv over cat(x, r) is computed as conv(x, W_image) + conv(r, W_residual): the same sum,
-        without materialising a 12-channel full-resolution Concat (2 ms of a 15 ms tile on ORT
-        CPU), and the quantize stage can keep the image's conv FP32 while the residual's goes INT8.
-        In eval mode BN is folded into the two convs, since ORT cannot fold a BN that follows an Add.
-        """
-        w = self.weight()
-        if r is None:
-            return F.relu(self.bn(F.conv2d(x, w, None, PATCH)))
-        nx = 3  # the image's channels; a constant, so the exported graph has no Shape op
-        if self.training:
-            return F.relu(self.bn(F.conv2d(x, w[:, :nx], None, PATCH) + F.conv2d(r, w[:, nx:], None, PATCH)))
-        bn = self.bn
-        s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        ws = w * s.view(-1, 1, 1, 1)
-        return F.relu(F.conv2d(x, ws[:, :nx], bn.bias - bn.running_mean * s, PATCH)
-                      + F.conv2d(r, ws[:, nx:], None, PATCH))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # exported as a constant: ONNX sees one plain Conv with the projected weight
+        return F.relu(self.bn(F.conv2d(x, self.weight(), None, PATCH)))
 
 
 class Residual(nn.Module):
@@ -155,7 +137,7 @@ class BlockStudent(nn.Module):
         self.cls = nn.Linear(2 * w[-1] + 2, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.stem(x, self.front(x)) if self.front is not None else self.stem(x)
+        h = self.stem(self.front(x) if self.front is not None else x)
         feats = []
         for st in self.stages:
             h = st(h)
