@@ -130,7 +130,12 @@ def _mb(n) -> str:
 def _via_note(rows: list[dict]) -> str:
     adapter = [f"{r['variant']}/{r.get('backend')}" for r in rows if r.get("per_image_via") == "onnx-adapter"]
     bs = {r.get("detector_batch_size") for r in rows if r.get("detector_batch_size")}
-    out = f" (runtime tile batch {', '.join(map(str, sorted(bs)))})" if bs else ""
+    wk = {(r.get("detector_workers"), r.get("threads_per_run")) for r in rows if r.get("detector_workers")}
+    out = f" (runtime tile batch {', '.join(map(str, sorted(bs)))}" if bs else ""
+    if wk:
+        out += (", " if out else " (") + "; ".join(f"{w} concurrent batch{'es' if w > 1 else ''} of {t or 'all'} "
+                                                  f"thread{'s' if t != 1 else ''} each" for w, t in sorted(wk))
+    out += ")" if out else ""
     if adapter:
         out += f"; the Detector did not load {', '.join(adapter)}, so the bench's ONNX adapter (same steps) timed them"
     return out

@@ -67,7 +67,7 @@ def _load_args(p: argparse.ArgumentParser) -> None:
                    help="CPU threads a check may use (default: all cores; 1 keeps it on one core)")
     p.add_argument("--workers", type=int, default=None,
                    help="tile batches run at once on a CPU backend, each with threads/workers threads "
-                        "(default: min(threads, 4))")
+                        "(default 1; scripts/runtime_workers.py measures which is faster on your CPU)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

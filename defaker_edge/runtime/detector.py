@@ -182,9 +182,11 @@ class Detector:
         fallback: auto (fall back to the FP32 ONNX, recording why) | never (raise instead).
         threads: the CPU threads a check may use (None: the cores; 1 keeps the whole check on one
         core). workers: tile batches run at once on a CPU backend, each with threads // workers
-        ONNX Runtime intra-op threads (None: min(threads, 4)); GPU backends run one batch at a time.
-        On a 2-core CPU, 2 workers of 1 thread check a 1024x1024 image (9 tiles) faster than 1 of
-        2 threads; a single-tile image is then a little slower (see bench/RESULTS.md).
+        ONNX Runtime intra-op threads (default 1: one batch on all threads); GPU backends run one
+        batch at a time. Measured on the 2-core development VM, 2 workers of 1 thread were slower
+        per 1024x1024 image than 1 worker of 2 threads (scripts/runtime_workers.py times both on
+        your CPU); on many-core CPUs, where one small conv cannot keep every thread busy, more
+        workers may pay.
         """
         if backend not in BACKENDS:
             raise DefakerError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -203,7 +205,7 @@ class Detector:
         if workers is not None and workers < 1:
             raise DefakerError(f"workers must be >= 1, got {workers}")
         cores = threads or os.cpu_count() or 1
-        workers = min(workers or min(cores, 4), cores)
+        workers = min(workers or 1, cores)
         intra = max(1, cores // workers)
         pkg = load_package(package)
         if (not np.allclose(pkg.mean, tiling.MEAN, atol=1e-6) or not np.allclose(pkg.std, tiling.STD, atol=1e-6)):
