@@ -106,8 +106,8 @@ class _Job:
     logits: np.ndarray
     stitcher: MaskStitcher | None
     decode_ms: float = 0.0
-    infer_ms: float = 0.0  # wall time from cutting its first tile to its last tile's answer
-    t_start: float = 0.0
+    # the backend's time on this image's tiles: its share of each batch (concurrent batches each count)
+    infer_ms: float = 0.0
     done: int = 0
     error: str | None = None  # a run-time problem on this path (exception, nan)
     decode_error: DefakerError | None = None
@@ -380,22 +380,22 @@ class Detector:
         pending: deque[tuple[Any, list[tuple[_Job, int]]]] = deque()
         inflight: deque[_Job] = deque()
 
-        def run(x: np.ndarray) -> tuple[Any, Any, str | None]:
+        def run(x: np.ndarray) -> tuple[Any, Any, str | None, float]:
+            t0 = time.perf_counter()
             try:
                 fake, mask = backend.run(x)
-                return fake, mask, None
+                return fake, mask, None, (time.perf_counter() - t0) * 1e3
             except Exception as e:  # any backend failure re-runs these images on the fallback path
                 return None, None, (f"{backend.precision}: {type(e).__name__}: "
-                                    f"{str(e).splitlines()[0][:160] if str(e) else ''}")
+                                    f"{str(e).splitlines()[0][:160] if str(e) else ''}"), 0.0
 
         def collect() -> None:
             res, batch = pending.popleft()
-            fake, mask, err = res.result() if W > 1 else res
+            fake, mask, err, ms = res.result() if W > 1 else res
             n = len(batch)
             bad = None
             if err is None:
                 bad = ~np.isfinite(fake) | ~np.isfinite(mask.reshape(n, -1)).all(axis=1)
-            now = time.perf_counter()
             for k, (job, i) in enumerate(batch):
                 if err is not None:
                     job.error = job.error or err
@@ -408,8 +408,7 @@ class Detector:
                             y, x = job.origins[i]
                             job.stitcher.add(y, x, mask[k, 0])
                 job.done += 1
-                if job.done == job.n:
-                    job.infer_ms = (now - job.t_start) * 1e3
+                job.infer_ms += ms / n
             del fake, mask
 
         def flush() -> None:
@@ -429,7 +428,6 @@ class Detector:
 
         for job in jobs:
             inflight.append(job)
-            job.t_start = time.perf_counter()
             # a multi-tile image is split evenly over the workers; small images share batches of B
             cap = min(B, -(-job.n // W)) if W > 1 and job.n > W else B
             i = 0
