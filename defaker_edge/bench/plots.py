@@ -29,18 +29,20 @@ def pareto_points(report: dict) -> list[dict]:
     return pts
 
 
-def label_offsets(points: list[tuple[float, float]], *, dx: float = 0.15, dy: float = 0.03,
+def label_offsets(points: list[tuple[float, float]], *, decades: float = 0.6, dy: float = 0.03,
                   step: float = 9.0) -> list[tuple[float, float]]:
-    """Text offsets (points) that stack the labels of near-coincident markers instead of drawing
-    them on top of each other: variants often sit at the same accuracy and nearly the same latency
-    (INT8 files that agree with FP32). Near means within `dy` in the accuracy and a relative `dx` in
-    latency (the axis is usually log)."""
-    placed: list[tuple[float, float, int]] = []
+    """Text offsets (points) that stack the labels of nearby markers instead of drawing them on top
+    of each other: variants often sit at the same accuracy and within a few times each other's
+    latency, and a label at font size 7 spans about half a decade of the log latency axis. Near
+    means within `dy` in the accuracy and `decades` (log10) in latency."""
+    import math
+
+    placed: list[tuple[float, float]] = []
     out = []
     for x, y in points:
-        n = sum(1 for px, py, _ in placed
-                if abs(py - y) <= dy and abs(px - x) <= dx * max(abs(px), abs(x), 1e-9))
-        placed.append((x, y, n))
+        lx = math.log10(max(x, 1e-9))
+        n = sum(1 for px, py in placed if abs(py - y) <= dy and abs(px - lx) <= decades)
+        placed.append((lx, y))
         out.append((4.0, 3.0 - step * n))
     return out
 
