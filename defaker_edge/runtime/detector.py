@@ -367,10 +367,10 @@ class Detector:
         flight (at most one image with >= batch_size tiles).
 
         With W > 1 workers (a backend that allows concurrent runs: ORT on the CPU), up to W batches
-        run at once, each on 1/W of the threads, while the next batch is cut: on 2 cores two
-        one-thread runs finish sooner than one two-thread run, because ORT's intra-op threading
-        splits each small conv and waits at every op. An image's tiles are then split into W
-        batches of similar size (9 tiles: 5 + 4, not 8 + 1)."""
+        run at once, each on 1/W of the threads, while the next batch is cut, and an image's tiles
+        are split into W batches of similar size (9 tiles: 5 + 4, not 8 + 1). Whether that beats
+        one batch on all threads depends on the CPU: on the 2-core development VM it did not
+        (hence the default of 1; scripts/runtime_workers.py measures it)."""
         T = self.spec.tile
         B = min(self.batch_size, backend.max_batch or self.batch_size)
         W = self.workers if backend.concurrent and self._pool is not None else 1
