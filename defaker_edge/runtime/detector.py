@@ -206,7 +206,8 @@ class Detector:
             raise DefakerError(f"workers must be >= 1, got {workers}")
         cores = threads or os.cpu_count() or 1
         workers = min(workers or 1, cores)
-        intra = max(1, cores // workers)
+        # one worker and no cap: leave ORT its own default thread count, as before workers existed
+        intra = None if threads is None and workers == 1 else max(1, cores // workers)
         pkg = load_package(package)
         if (not np.allclose(pkg.mean, tiling.MEAN, atol=1e-6) or not np.allclose(pkg.std, tiling.STD, atol=1e-6)):
             raise ArtifactError(f"{pkg.root}: input mean/std {pkg.mean}/{pkg.std} differ from the runtime's "
@@ -380,22 +381,20 @@ class Detector:
         pending: deque[tuple[Any, list[tuple[_Job, int]]]] = deque()
         inflight: deque[_Job] = deque()
 
-        def run(x: np.ndarray) -> tuple[Any, Any, str | None, float]:
+        def run(x: np.ndarray) -> tuple[Any, Any, Any, str | None, float]:
             t0 = time.perf_counter()
             try:
                 fake, mask = backend.run(x)
-                return fake, mask, None, (time.perf_counter() - t0) * 1e3
+                bad = ~np.isfinite(fake) | ~np.isfinite(mask.reshape(len(x), -1)).all(axis=1)
+                return fake, mask, bad, None, (time.perf_counter() - t0) * 1e3
             except Exception as e:  # any backend failure re-runs these images on the fallback path
-                return None, None, (f"{backend.precision}: {type(e).__name__}: "
-                                    f"{str(e).splitlines()[0][:160] if str(e) else ''}"), 0.0
+                return None, None, None, (f"{backend.precision}: {type(e).__name__}: "
+                                          f"{str(e).splitlines()[0][:160] if str(e) else ''}"), 0.0
 
         def collect() -> None:
             res, batch = pending.popleft()
-            fake, mask, err, ms = res.result() if W > 1 else res
+            fake, mask, bad, err, ms = res.result() if W > 1 else res
             n = len(batch)
-            bad = None
-            if err is None:
-                bad = ~np.isfinite(fake) | ~np.isfinite(mask.reshape(n, -1)).all(axis=1)
             for k, (job, i) in enumerate(batch):
                 if err is not None:
                     job.error = job.error or err
@@ -409,7 +408,6 @@ class Detector:
                             job.stitcher.add(y, x, mask[k, 0])
                 job.done += 1
                 job.infer_ms += ms / n
-            del fake, mask
 
         def flush() -> None:
             nonlocal cur
