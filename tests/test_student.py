@@ -172,6 +172,35 @@ def test_residual_front_truncates_at_three_grey_levels():
     assert m.front(edge)[:, 3:].abs().max().item() == pytest.approx(1.0, rel=1e-6)
 
 
+def test_fused_front_computes_the_concat_layout_without_a_concat(tmp_path):
+    """The student runs the front end fused (one grouped conv emitting pass-through and residual
+    channels, the stem's weight permuted to match): the same stem output as the reference layout
+    [image, clip(residual)], even for the brightest and darkest pixels, and no Concat in ONNX."""
+    import onnx
+
+    cfg = StudentConfig.from_preset("block-s", tile=64)
+    torch.manual_seed(0)
+    m = build_student(cfg).eval()
+    mean, std = torch.tensor(cfg.mean).view(1, 3, 1, 1), torch.tensor(cfg.std).view(1, 3, 1, 1)
+    img = torch.rand(2, 3, 64, 64)
+    img[0, :, :8] = 0.0  # the extremes a normalised image can reach: the pass-through must not clip
+    img[0, :, 8:16] = 1.0
+    x = (img - mean) / std
+    fused = m.front.fused(x)
+    assert fused.shape[1] == 12 and fused.abs().max() <= 1.0
+    idx, gain = m.front.order()
+    torch.testing.assert_close(fused, m.front(x)[:, idx] * torch.tensor(gain).view(1, -1, 1, 1),
+                               atol=2e-5, rtol=1e-5)
+    with torch.no_grad():
+        ref = torch.relu(m.stem.bn(torch.nn.functional.conv2d(m.front(x), m.stem.weight(), None, 8)))
+        torch.testing.assert_close(m.stem(fused, (idx, gain)), ref, atol=1e-5, rtol=1e-5)
+    path = export_onnx(m, 64, tmp_path / "m.onnx")
+    g = onnx.load(str(path)).graph
+    assert "Concat" not in {n.op_type for n in g.node if g.input[0].name in n.input}
+    first = [n for n in g.node if g.input[0].name in n.input]
+    assert [n.op_type for n in first] == ["Conv"], first  # the image is read once, by the front conv
+
+
 def test_old_grouped_srm_checkpoint_loads_into_dense_srm():
     """Checkpoints from before the SRM conv became dense ([9,1,5,5], groups=3) load and agree."""
     from defaker_edge.student.compact import _srm_kernels
