@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import sys
 
-from .latency import RESULT_TAG, measure_onnx, measure_teacher
+from .latency import RESULT_TAG, measure_onnx, measure_paired, measure_teacher
 
 
 def main() -> int:
     job = json.loads(sys.stdin.read())
     try:
-        res = measure_teacher(job) if job["kind"] == "teacher" else measure_onnx(job)
+        measure = {"teacher": measure_teacher, "paired": measure_paired}.get(job["kind"], measure_onnx)
+        res = measure(job)
     except Exception as e:  # reported as the row's reason; the parent never invents a number
         first = str(e).splitlines()[0][:300] if str(e) else ""
         res = {"status": "failed", "reason": f"{type(e).__name__}: {first}"}

@@ -182,6 +182,52 @@ def measure_onnx(job: dict) -> dict:
             "static_batch": fixed, "baseline_rss_mb": base, "peak_rss_mb": _proc_status_mb("VmHWM")}
 
 
+def measure_paired(job: dict) -> dict:
+    """Runs inside the worker: the reference variant (FP32) and the others timed in turns, in one process.
+
+    Why, beside the per-variant rows: those are measured one after another, minutes apart, and a
+    shared CPU's speed drifts by more than INT8's gain in that time (a 1.47x ratio one hour, 1.03x
+    the next, on the development VM). Here each round times every variant once, on the same tile
+    and the same image, so a slow spell slows all of them; the ratio is the median over rounds of
+    each round's own ratio. The Detector's ONNX Runtime sessions do not spin-wait (OrtBackend), so
+    the idle one does not steal the cores of the one being timed.
+    """
+    from ..runtime.tiling import normalize
+    from .adapter import DetectorPredictor
+
+    T, runs, warmup = int(job["tile"]), int(job["runs"]), int(job["warmup"])
+    threads = int(job.get("threads", 0))
+    names = list(job["precisions"])
+    preds = {p: DetectorPredictor(job["package"], precision=p, provider=job["provider"], threads=threads)
+             for p in names}
+    rng = np.random.default_rng(int(job.get("seed", 0)))
+    x1 = normalize(rng.integers(0, 256, (1, T, T, 3), dtype=np.uint8))
+    img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
+    calls = {}
+    for p, pred in preds.items():
+        sess = pred.session
+        outs = [o.name for o in sess.get_outputs()]
+        calls[p] = {"tile": (lambda s=sess, o=outs, n=sess.get_inputs()[0].name: s.run(o, {n: x1})),
+                    "image": (lambda d=pred.det: d.check(img))}
+    out: dict = {"status": "ok", "reference": names[0], "runs": runs, "warmup": warmup,
+                 "threads_per_run": preds[names[0]].det.info().get("threads_per_run") or threads or None,
+                 "variants": {p: {} for p in names}}
+    for what in ("tile", "image"):
+        times: dict[str, list[float]] = {p: [] for p in names}
+        for i in progress(range(warmup + runs), f"paired {what}s"):
+            for p in names:
+                t0 = time.perf_counter()
+                calls[p][what]()
+                if i >= warmup:
+                    times[p].append((time.perf_counter() - t0) * 1e3)
+        ref = np.asarray(times[names[0]])
+        for p in names:
+            v = out["variants"][p]
+            v[f"per_{what}_ms"] = percentiles(times[p])
+            v[f"ratio_{what}"] = float(np.median(ref / np.asarray(times[p])))
+    return out
+
+
 def measure_teacher(job: dict) -> dict:
     """Runs inside the worker: the teacher (torch) on one 1024 x 1024 image, `runs` times."""
     import torch

@@ -90,6 +90,23 @@ def _latency_rows(cfg: BenchConfig, pkg: PackageInfo, backends: list[str], missi
     return rows
 
 
+def _paired(cfg: BenchConfig, pkg: PackageInfo, backends: list[str]) -> dict | None:
+    """FP32 and the CPU INT8 file timed in turns in one process (latency.measure_paired), the
+    measurement the INT8-vs-FP32 targets use; None when the package or machine lacks one of them."""
+    int8 = cpu_int8_variant(pkg)
+    wanted = ["fp32", int8]
+    if (int8 is None or "ort-cpu" not in backends or not pkg.variant("fp32")
+            or (cfg.precisions is not None and not set(wanted) <= set(cfg.precisions))):
+        return None
+    log.info("timing fp32 and %s in turns (%d rounds per tile and per image)", int8, cfg.runs)
+    res = run_job({"kind": "paired", "package": str(pkg.root), "precisions": wanted,
+                   "provider": PROVIDERS["ort-cpu"], "threads": cfg.threads, "tile": pkg.tile,
+                   "image_size": cfg.image_size, "runs": cfg.runs, "warmup": cfg.warmup, "seed": cfg.seed},
+                  cfg.worker_timeout_s)
+    res.setdefault("reason", None)
+    return {"backend": "ort-cpu", "precisions": wanted, **res}
+
+
 def _teacher_latency(cfg: BenchConfig, spec: str) -> dict:
     row = {"variant": f"teacher:{Path(spec).name if Path(spec).is_dir() else spec}", "kind": "teacher",
            "precision": cfg.teacher_dtype, "backend": "torch", "file": spec if Path(spec).is_dir() else None,
@@ -183,6 +200,7 @@ def run_bench(cfg: BenchConfig) -> BenchReport:
     out.mkdir(parents=True, exist_ok=True)
 
     latency = _latency_rows(cfg, pkg, backends, missing)
+    paired = _paired(cfg, pkg, backends)
     teacher_specs = list(dict.fromkeys(s for s in (cfg.teacher_preset, cfg.teacher) if s))  # once each
     latency = [_teacher_latency(cfg, spec) for spec in teacher_specs] + latency
 
@@ -205,7 +223,7 @@ def run_bench(cfg: BenchConfig) -> BenchReport:
         "machine": machine, "tools": tool_versions(["opencv-python-headless", "matplotlib"]),
         "config": cfg.to_json(), "package": pkg.summary(),
         "data": _data_summary(cfg, samples),
-        "latency": latency, "accuracy": accuracy, "accuracy_backend": acc_backend,
+        "latency": latency, "paired": paired, "accuracy": accuracy, "accuracy_backend": acc_backend,
         "robustness": robustness,
     }
     report.update(speedups_and_targets(report, cpu_int8_variant(pkg)))
