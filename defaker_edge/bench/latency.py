@@ -68,6 +68,34 @@ def _proc_status_mb(key: str) -> float | None:
     return None
 
 
+def cpu_seconds() -> tuple[float, float, float] | None:
+    """(wall s, busy CPU s of the whole machine, CPU s of this process) now; None off Linux.
+
+    Busy is /proc/stat's user + nice + system + irq + softirq + steal: steal is time the
+    hypervisor gave a vCPU to someone else, which a benchmark loses just the same."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    t = os.times()
+    return time.perf_counter(), (sum(v) - v[3] - v[4]) / hz, t.user + t.system
+
+
+def other_cpu_share(start: tuple[float, float, float] | None) -> float | None:
+    """The share of the machine's CPU that other processes (or the hypervisor) used since `start`.
+
+    Why not the load average: it counts the bench's own workers (a 2-thread worker leaves a
+    1-minute average near 2 behind it), so it flagged every run as shared; this subtracts them."""
+    end = cpu_seconds()
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    cores = os.cpu_count() or 1
+    other = (end[1] - start[1]) - (end[2] - start[2])
+    return round(max(0.0, other) / ((end[0] - start[0]) * cores), 4)
+
+
 def _timed(fn, runs: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         fn()
@@ -142,6 +170,7 @@ def measure_onnx(job: dict) -> dict:
         return normalize(rng.integers(0, 256, (b, T, T, 3), dtype=np.uint8))
 
     x1 = tiles(1)
+    cpu0 = cpu_seconds()
     per_tile = _timed(lambda: sess.run(outs, {in_name: x1}), runs, warmup)
     img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
     n_tiles = 0
@@ -171,6 +200,7 @@ def measure_onnx(job: dict) -> dict:
         by_batch[str(b)] = _throughput(lambda x: sess.run(outs, {in_name: x}), xs, t_runs)
     best = max(by_batch, key=by_batch.get) if by_batch else None
     return {"status": "ok", "provider_ran": sess.get_providers()[0], "load_ms": load_ms,
+            "cpu_other_share": other_cpu_share(cpu0),
             "per_image_via": pred.kind, "per_image_via_note": via_note,
             "detector_batch_size": getattr(getattr(pred, "det", None), "batch_size", None),
             "detector_workers": info.get("workers"), "threads_per_run": info.get("threads_per_run") or threads or None,
@@ -185,7 +215,8 @@ def measure_onnx(job: dict) -> dict:
 def measure_paired(job: dict) -> dict:
     """Runs inside the worker: the reference variant (FP32) and the others timed in turns, in one process.
 
-    Why, beside the per-variant rows: those are measured one after another, minutes apart, and a
+    Timed: one tile at batch 1, a batch of tiles at the Detector's batch size (reported per tile),
+    and the Detector's check of one image. Why, beside the per-variant rows: those are measured one after another, minutes apart, and a
     shared CPU's speed drifts by more than INT8's gain in that time (a 1.47x ratio one hour, 1.03x
     the next, on the development VM). Here each round times every variant once, on the same tile
     and the same image, so a slow spell slows all of them; the ratio is the median over rounds of
@@ -202,29 +233,38 @@ def measure_paired(job: dict) -> dict:
              for p in names}
     rng = np.random.default_rng(int(job.get("seed", 0)))
     x1 = normalize(rng.integers(0, 256, (1, T, T, 3), dtype=np.uint8))
+    # the runtime's own tile batch too: at batch 1 a tile's few large ops leave threads idle, and
+    # the INT8 kernels lose more of their gain to that than FP32 does
+    bsz = int(preds[names[0]].det.batch_size)
+    xb = normalize(rng.integers(0, 256, (bsz, T, T, 3), dtype=np.uint8))
     img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
     calls = {}
     for p, pred in preds.items():
         sess = pred.session
         outs = [o.name for o in sess.get_outputs()]
-        calls[p] = {"tile": (lambda s=sess, o=outs, n=sess.get_inputs()[0].name: s.run(o, {n: x1})),
+        name = sess.get_inputs()[0].name
+        calls[p] = {"tile": (lambda s=sess, o=outs, n=name: s.run(o, {n: x1})),
+                    "tile_batch": (lambda s=sess, o=outs, n=name: s.run(o, {n: xb})),
                     "image": (lambda d=pred.det: d.check(img))}
     out: dict = {"status": "ok", "reference": names[0], "runs": runs, "warmup": warmup,
                  "threads_per_run": preds[names[0]].det.info().get("threads_per_run") or threads or None,
+                 "batch": bsz,
                  "variants": {p: {} for p in names}}
-    for what in ("tile", "image"):
+    cpu0 = cpu_seconds()
+    for what in ("tile", "tile_batch", "image"):
         times: dict[str, list[float]] = {p: [] for p in names}
         for i in progress(range(warmup + runs), f"paired {what}s"):
             for p in names:
                 t0 = time.perf_counter()
                 calls[p][what]()
-                if i >= warmup:
-                    times[p].append((time.perf_counter() - t0) * 1e3)
+                if i >= warmup:  # per tile for the batch: ms / batch size
+                    times[p].append((time.perf_counter() - t0) * 1e3 / (bsz if what == "tile_batch" else 1))
         ref = np.asarray(times[names[0]])
         for p in names:
             v = out["variants"][p]
             v[f"per_{what}_ms"] = percentiles(times[p])
             v[f"ratio_{what}"] = float(np.median(ref / np.asarray(times[p])))
+    out["cpu_other_share"] = other_cpu_share(cpu0)
     return out
 
 

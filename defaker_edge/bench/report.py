@@ -52,12 +52,14 @@ def _paired_ratios(paired: dict, int8: str) -> list[dict]:
     """Speedup entries from the timed-in-turns measurement (runner._paired)."""
     ref = paired.get("reference", "fp32")
     out = []
-    for what, key in (("tile", "cpu_tile_paired"), ("image", "cpu_paired")):
+    how = {"tile": "per tile (the model alone, batch 1)",
+           "tile_batch": f"per tile (the model alone, at the runtime's batch of {paired.get('batch')})",
+           "image": "per image through the Detector (verdict)"}
+    for what, key in (("tile", "cpu_tile_paired"), ("tile_batch", "cpu_tile_batch_paired"), ("image", "cpu_paired")):
         v = (paired.get("variants") or {}).get(int8) or {}
         r = (paired.get("variants") or {}).get(ref) or {}
         e = {"name": f"{ref}_vs_{int8}_{key}",
-             "what": f"student {ref} / {int8} on ONNX Runtime CPU, per {what}"
-                     f"{' (the model alone, batch 1)' if what == 'tile' else ' through the Detector (verdict)'}, "
+             "what": f"student {ref} / {int8} on ONNX Runtime CPU, {how[what]}, "
                      "both timed in turns in one process: the noise-robust measure",
              "basis": f"median over {paired.get('runs')} rounds of each round's {ref}/{int8} time",
              "numerator": {"variant": ref, "backend": paired.get("backend"),
@@ -111,11 +113,14 @@ def speedups_and_targets(report: dict, int8: str | None) -> dict:
                                             "--random-weights)"))
     # the INT8/FP32 targets use the timed-in-turns ratios when they were measured (see
     # latency.measure_paired: the sequential rows' ratio drifts with a shared CPU's speed)
-    for label, key in (("the same tiles", "cpu_tile"), ("per 1024x1024 image end to end (verdict)", "cpu")):
+    for label, key in (("the same tiles", "cpu_tile"), ("the same tiles at the runtime's batch", "cpu_tile_batch"),
+                       ("per 1024x1024 image end to end (verdict)", "cpu")):
         s = (by.get(f"fp32_vs_{int8}_{key}_paired") or {}) if int8 else {}
         basis = "timed in turns, median of per-round ratios"
-        if s.get("ratio") is None:
+        if s.get("ratio") is None and key != "cpu_tile_batch":  # no sequential row times a batch
             s, basis = (by.get(f"fp32_vs_{int8}_{key}") or {}) if int8 else {}, "p50 of rows timed one after another"
+        elif s.get("ratio") is None:
+            basis = "measured only when FP32 and the CPU INT8 file are timed in turns"
         targets.append(_target(f"CPU INT8 vs FP32 (ONNX Runtime CPU), {label}", ">=", TARGET_INT8_VS_FP32,
                                s.get("ratio"), "x", basis if int8 else "the package has no INT8 file"))
     s = by.get(f"fp32_vs_{int8}_cpu_full_mask") if int8 else None
@@ -169,6 +174,28 @@ def _via_note(rows: list[dict]) -> str:
     return out
 
 
+OTHER_CPU_WARN = 0.15  # other processes' share of the machine's CPU while a row was timed
+
+
+def shared_cpu(report: dict) -> str | None:
+    """Why the run's CPU latencies are suspect, or None. Uses each timed row's measured share of
+    CPU taken by other processes (latency.other_cpu_share); the load average only where no row
+    measured it (it counts the bench's own workers too)."""
+    rows = [r for r in report.get("latency", []) if r.get("kind") == "student" and r.get("status") == "ok"]
+    if report.get("paired"):
+        rows.append({"variant": "paired", **report["paired"]})
+    shares = {r["variant"]: r["cpu_other_share"] for r in rows if r.get("cpu_other_share") is not None}
+    if shares:
+        bad = {v: x for v, x in shares.items() if x > OTHER_CPU_WARN}
+        return ", ".join(f"{v}: other processes used {x:.0%} of the CPU" for v, x in bad.items()) or None
+    m = report.get("machine", {})
+    loads = [x for x in (m.get("load_avg_start"), m.get("load_avg_end")) if x is not None]
+    cores = m.get("cpu_cores_usable") or m.get("cpu_cores") or 1
+    if loads and max(loads) > 0.75 * cores:
+        return f"1-min load average {max(loads):.1f} on {cores} cores"
+    return None
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     pkg = report["package"]
@@ -177,11 +204,10 @@ def markdown(report: dict) -> str:
              f"- package: `{pkg['path']}` ({pkg['model_id']}, tile {pkg['tile']}, overlap {pkg['overlap']}, "
              f"threshold {_f(pkg['threshold'], 3)}), manifest sha256 `{pkg['manifest_sha256'][:12]}`",
              f"- created {report['created']}; schema {report['format']} v{report['schema_version']}", ""]
-    loads = [x for x in (m.get("load_avg_start"), m.get("load_avg_end")) if x is not None]
-    cores = m.get("cpu_cores_usable") or m.get("cpu_cores") or 1
-    if loads and max(loads) > 0.75 * cores:
-        lines[-1:-1] = [f"- **the CPU was shared during this run** (1-min load average {max(loads):.1f} on {cores} "
-                        "cores): CPU latencies are inflated; rerun on an idle machine for final numbers"]
+    shared = shared_cpu(report)
+    if shared:
+        lines[-1:-1] = [f"- **the CPU was shared while latencies were timed** ({shared}): CPU latencies are "
+                        "inflated and ratios noisier; rerun on an idle machine for final numbers"]
     d = report.get("data")
     if d:
         lines += [f"- data: `{d['path']}`: {d['n']} images ({d['n_fake']} fake, {d['n_with_mask']} with masks), "
@@ -207,17 +233,19 @@ def markdown(report: dict) -> str:
     if pr:
         lines += ["", "### FP32 and CPU INT8 timed in turns", "",
                   "One process, both Detectors loaded; each round times every variant once on the same tile "
-                  "(batch 1) and on the same image, so a slow spell of a shared CPU slows both. Ratio: the median "
+                  "(batch 1), the same batch of tiles and the same image, so a slow spell of a shared CPU slows both. Ratio: the median "
                   "over rounds of each round's own ratio. These are the ratios the INT8 targets use.", ""]
         if pr.get("status") != "ok":
             lines.append(f"Not measured: {pr.get('status')} ({pr.get('reason')})")
         else:
-            lines += [f"| variant | rounds | tile p50 ms | tile ratio vs {pr['reference']} | image p50 ms "
-                      f"| image ratio vs {pr['reference']} | threads per run |", "|---|---|---|---|---|---|---|"]
+            lines += [f"| variant | rounds | tile p50 ms (batch 1) | ratio vs {pr['reference']} | tile p50 ms "
+                      f"(batch {pr.get('batch')}) | ratio | image p50 ms | ratio | threads per run |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for v, x in pr["variants"].items():
-                lines.append(f"| {v} | {pr.get('runs')} | {_f((x.get('per_tile_ms') or {}).get('p50'), 2)} | "
-                             f"{_f(x.get('ratio_tile'), 2, 'x')} | {_f((x.get('per_image_ms') or {}).get('p50'))} | "
-                             f"{_f(x.get('ratio_image'), 2, 'x')} | {pr.get('threads_per_run') or 'ORT default'} |")
+                cells = [f"{_f((x.get(f'per_{w}_ms') or {}).get('p50'), 2)} | {_f(x.get(f'ratio_{w}'), 2, 'x')}"
+                         for w in ("tile", "tile_batch", "image")]
+                lines.append(f"| {v} | {pr.get('runs')} | " + " | ".join(cells)
+                             + f" | {pr.get('threads_per_run') or 'ORT default'} |")
     lines += ["", f"## Accuracy (on {report.get('accuracy_backend')})", "",
               "| variant | status | via | AUC | bal. acc | pixel F1 | best F1 | IoU | same decision vs fp32 | mean abs dprob vs fp32 "
               "| same decision vs teacher | fallbacks |",
