@@ -223,6 +223,8 @@ def test_speedup_against_a_teacher_row():
     rep["paired"] = {"status": "failed", "reason": "worker crashed", "reference": "fp32", "variants": {}}
     t = speedups_and_targets(rep, "int8-cpu")
     assert t["targets"][1]["measured"] == pytest.approx(3.0) and "one after another" in t["targets"][1]["note"]
+    assert "worker crashed" in t["targets"][1]["note"] and "worker crashed" in t["targets"][2]["note"]
+    assert t["targets"][2]["measured"] is None  # the batch target has no sequential stand-in
     assert "worker crashed" in {s["name"]: s for s in t["speedups"]}["fp32_vs_int8-cpu_cpu_tile_paired"]["reason"]
 
 
@@ -445,9 +447,13 @@ def test_other_processes_cpu_share_and_the_shared_flag():
     other = other_cpu_share(t0)
     cores = os.cpu_count() or 1
     assert other > 0.5 / cores and other > own, (own, other)
-    row = {"variant": "fp32", "kind": "student", "status": "ok"}
+    row = {"variant": "fp32", "kind": "student", "status": "ok", "backend": "ort-cpu"}
     rep = {"latency": [{**row, "cpu_other_share": 0.02}], "machine": {"load_avg_end": 9.0, "cpu_cores": 2}}
     assert shared_cpu(rep) is None  # measured shares win over a load average the bench itself raised
     rep["paired"] = {"status": "ok", "cpu_other_share": 0.4}
     assert "paired: other processes used 40%" in shared_cpu(rep)
     assert "load average 9.0" in shared_cpu({"latency": [row], "machine": {"load_avg_end": 9.0, "cpu_cores": 2}})
+    # one variant on two backends: the busy CPU row is not hidden by the GPU row after it
+    rep = {"latency": [{**row, "cpu_other_share": 0.5}, {**row, "backend": "ort-cuda", "cpu_other_share": 0.0}],
+           "machine": {}}
+    assert "fp32 (ort-cpu): other processes used 50%" in shared_cpu(rep)

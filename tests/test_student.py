@@ -151,7 +151,7 @@ def test_block_stem_high_pass_filters_ignore_flat_colour():
     resp = torch.nn.functional.conv2d(flat, w, stride=8)
     torch.testing.assert_close(resp[:, :n], torch.zeros_like(resp[:, :n]), atol=1e-5, rtol=0)
     # and the residual front sees nothing in a flat image either (inside; zero padding at the border)
-    front = m.front(flat)
+    front = m.front.reference(flat)
     assert front.shape[1] == 12 and front[:, 3:, 1:-1, 1:-1].abs().max() < 1e-6
 
 
@@ -163,20 +163,23 @@ def test_residual_front_truncates_at_three_grey_levels():
     grey = 1.0 / (255.0 * 0.226)
     yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
     cb = (((yy + xx) % 2) * 2 - 1).float() * grey  # +-1 grey level
-    r = m.front(cb.expand(1, 3, 16, 16))[:, 3:, 2:-2, 2:-2]
+    r = m.front.reference(cb.expand(1, 3, 16, 16))[:, 3:, 2:-2, 2:-2]
     # KB on a checkerboard: |(-1*4 - 2*4 ... )| / 4 = 4 grey levels -> clipped; the 1-D filters give 2 -> 2/3
     assert r[:, 1::3].abs().max().item() == pytest.approx(2.0 / 3.0, rel=1e-4)
     assert r.abs().max().item() == pytest.approx(1.0, rel=1e-6)
     edge = torch.zeros(1, 3, 16, 16)
     edge[..., 8:] = 2.0  # a step of ~115 grey levels
-    assert m.front(edge)[:, 3:].abs().max().item() == pytest.approx(1.0, rel=1e-6)
+    assert m.front.reference(edge)[:, 3:].abs().max().item() == pytest.approx(1.0, rel=1e-6)
 
 
 def test_fused_front_computes_the_concat_layout_without_a_concat(tmp_path):
     """The student runs the front end fused (one grouped conv emitting pass-through and residual
-    channels, the stem's weight permuted to match): the same stem output as the reference layout
-    [image, clip(residual)], even for the brightest and darkest pixels, and no Concat in ONNX."""
+    channels, the stem's weight permuted to match): the same stem output as the concat layout
+    [image, clip(residual)] it replaced, even for the brightest and darkest pixels, and in ONNX the
+    image is read once, by a conv named for the front end's module (what quantize keeps FP32)."""
     import onnx
+
+    from defaker_edge.student.block import _residual_kernels
 
     cfg = StudentConfig.from_preset("block-s", tile=64)
     torch.manual_seed(0)
@@ -186,19 +189,19 @@ def test_fused_front_computes_the_concat_layout_without_a_concat(tmp_path):
     img[0, :, :8] = 0.0  # the extremes a normalised image can reach: the pass-through must not clip
     img[0, :, 8:16] = 1.0
     x = (img - mean) / std
-    fused = m.front.fused(x)
+    fused = m.front(x)
     assert fused.shape[1] == 12 and fused.abs().max() <= 1.0
-    idx, gain = m.front.order()
-    torch.testing.assert_close(fused, m.front(x)[:, idx] * torch.tensor(gain).view(1, -1, 1, 1),
-                               atol=2e-5, rtol=1e-5)
+    # the layout it replaced, computed from scratch: [x, clip(grouped residual filters / (clip * grey))]
+    k = _residual_kernels().repeat(3, 1, 1).unsqueeze(1) / (cfg.res_clip / (255.0 * 0.226))
+    concat = torch.cat([x, torch.clamp(torch.nn.functional.conv2d(x, k, padding=1, groups=3), -1, 1)], 1)
+    torch.testing.assert_close(m.front.reference(x), concat, atol=2e-5, rtol=1e-5)
     with torch.no_grad():
-        ref = torch.relu(m.stem.bn(torch.nn.functional.conv2d(m.front(x), m.stem.weight(), None, 8)))
-        torch.testing.assert_close(m.stem(fused, (idx, gain)), ref, atol=1e-5, rtol=1e-5)
+        ref = torch.relu(m.stem.bn(torch.nn.functional.conv2d(concat, m.stem.weight(), None, 8)))
+        torch.testing.assert_close(m.stem(fused, m.front.order()), ref, atol=1e-4, rtol=1e-4)
     path = export_onnx(m, 64, tmp_path / "m.onnx")
     g = onnx.load(str(path)).graph
-    assert "Concat" not in {n.op_type for n in g.node if g.input[0].name in n.input}
-    first = [n for n in g.node if g.input[0].name in n.input]
-    assert [n.op_type for n in first] == ["Conv"], first  # the image is read once, by the front conv
+    readers = [n for n in g.node if g.input[0].name in n.input]
+    assert [n.op_type for n in readers] == ["Conv"] and readers[0].name.startswith("/front/conv/"), readers
 
 
 def test_old_grouped_srm_checkpoint_loads_into_dense_srm():
@@ -217,11 +220,12 @@ def test_old_grouped_srm_checkpoint_loads_into_dense_srm():
 
 
 def test_dense_residual_front_checkpoint_loads_into_grouped_conv():
-    """Students saved while the front end's conv was dense ([9, 3, 3, 3]) load and agree."""
+    """Students saved while the front end's conv was dense ([9, 3, 3, 3]), or grouped without the
+    pass-through ([9, 1, 3, 3], the shipped student), load and agree."""
     cfg = StudentConfig.from_preset("block-s", tile=64)
     m = build_student(cfg).eval()
     state = m.state_dict()
-    g = state["front.conv.weight"]  # [9, 1, 3, 3]
+    g = state["front.conv.weight"][[k for k in range(12) if k % 4]]  # the 9 residual filters (fused: 4c+1..4c+3)
     dense = torch.zeros(9, 3, 3, 3)
     for o in range(9):
         dense[o, o // 3] = g[o, 0]
@@ -230,5 +234,9 @@ def test_dense_residual_front_checkpoint_loads_into_grouped_conv():
     m2.load_state_dict(state)
     x = torch.randn(1, 3, 64, 64)
     ref = torch.clamp(torch.nn.functional.conv2d(x, dense, padding=1), -1, 1)
-    torch.testing.assert_close(m2.front(x)[:, 3:], ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m2.front.reference(x)[:, 3:], ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(m2(x)[0], m(x)[0], atol=1e-5, rtol=1e-5)
+    state["front.conv.weight"] = g.unsqueeze(1) if g.dim() == 3 else g  # [9, 1, 3, 3]
+    m3 = build_student(cfg).eval()
+    m3.load_state_dict(state)
+    torch.testing.assert_close(m3(x)[1], m(x)[1], atol=1e-5, rtol=1e-5)

@@ -68,32 +68,49 @@ def _proc_status_mb(key: str) -> float | None:
     return None
 
 
-def cpu_seconds() -> tuple[float, float, float] | None:
-    """(wall s, busy CPU s of the whole machine, CPU s of this process) now; None off Linux.
-
-    Busy is /proc/stat's user + nice + system + irq + softirq + steal: steal is time the
-    hypervisor gave a vCPU to someone else, which a benchmark loses just the same."""
+def _cores() -> list[int]:
+    """The CPUs this process may run on (its affinity), else all of them."""
     try:
-        with open("/proc/stat", encoding="utf-8") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return list(range(os.cpu_count() or 1))
+
+
+def cpu_seconds() -> tuple[float, float, float, int] | None:
+    """(wall s, busy CPU s summed over this process's CPUs, CPU s of this process, those CPUs' count)
+    now; None off Linux.
+
+    Busy is /proc/stat's user + nice + system + irq + softirq + steal of each `cpuN` line in the
+    affinity set (a benchmark pinned to 2 of 16 cores competes only there): steal is time the
+    hypervisor gave a vCPU to someone else, which a benchmark loses just the same."""
+    cores = set(_cores())
+    busy = 0.0
+    try:
         hz = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat", encoding="utf-8") as f:
+            for line in f:
+                name, *vals = line.split()
+                if not name.startswith("cpu") or name == "cpu":
+                    continue
+                if int(name[3:]) in cores:
+                    v = [int(x) for x in vals[:8]]
+                    busy += (sum(v) - v[3] - v[4]) / hz
     except (OSError, ValueError, AttributeError):
         return None
     t = os.times()
-    return time.perf_counter(), (sum(v) - v[3] - v[4]) / hz, t.user + t.system
+    return time.perf_counter(), busy, t.user + t.system, len(cores)
 
 
-def other_cpu_share(start: tuple[float, float, float] | None) -> float | None:
-    """The share of the machine's CPU that other processes (or the hypervisor) used since `start`.
+def other_cpu_share(start: tuple[float, float, float, int] | None) -> float | None:
+    """The share of this process's CPUs that other processes (or the hypervisor) used since `start`.
 
     Why not the load average: it counts the bench's own workers (a 2-thread worker leaves a
     1-minute average near 2 behind it), so it flagged every run as shared; this subtracts them."""
     end = cpu_seconds()
     if start is None or end is None or end[0] <= start[0]:
         return None
-    cores = os.cpu_count() or 1
     other = (end[1] - start[1]) - (end[2] - start[2])
-    return round(max(0.0, other) / ((end[0] - start[0]) * cores), 4)
+    return round(min(1.0, max(0.0, other) / ((end[0] - start[0]) * end[3])), 4)
 
 
 def _timed(fn, runs: int, warmup: int) -> list[float]:
@@ -224,7 +241,7 @@ def measure_paired(job: dict) -> dict:
     the idle one does not steal the cores of the one being timed.
     """
     from ..runtime.tiling import normalize
-    from .adapter import DetectorPredictor
+    from .adapter import DetectorPredictor, static_batch
 
     T, runs, warmup = int(job["tile"]), int(job["runs"]), int(job["warmup"])
     threads = int(job.get("threads", 0))
@@ -232,10 +249,15 @@ def measure_paired(job: dict) -> dict:
     preds = {p: DetectorPredictor(job["package"], precision=p, provider=job["provider"], threads=threads)
              for p in names}
     rng = np.random.default_rng(int(job.get("seed", 0)))
-    x1 = normalize(rng.integers(0, 256, (1, T, T, 3), dtype=np.uint8))
+    # a file with a fixed batch runs at that batch only: both "tile" runs then use it
+    fixed = {static_batch(pred.session) for pred in preds.values()} - {None}
+    if len(fixed) > 1:
+        raise RuntimeError(f"the files have different fixed batch sizes {sorted(fixed)}: not comparable tile for tile")
+    b1 = fixed.pop() if fixed else 1
     # the runtime's own tile batch too: at batch 1 a tile's few large ops leave threads idle, and
     # the INT8 kernels lose more of their gain to that than FP32 does
-    bsz = int(preds[names[0]].det.batch_size)
+    bsz = b1 if b1 > 1 else int(preds[names[0]].det.batch_size)
+    x1 = normalize(rng.integers(0, 256, (b1, T, T, 3), dtype=np.uint8))
     xb = normalize(rng.integers(0, 256, (bsz, T, T, 3), dtype=np.uint8))
     img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
     calls = {}
@@ -248,17 +270,19 @@ def measure_paired(job: dict) -> dict:
                     "image": (lambda d=pred.det: d.check(img))}
     out: dict = {"status": "ok", "reference": names[0], "runs": runs, "warmup": warmup,
                  "threads_per_run": preds[names[0]].det.info().get("threads_per_run") or threads or None,
-                 "batch": bsz,
+                 "batch": bsz, "batch_tile": b1,
                  "variants": {p: {} for p in names}}
     cpu0 = cpu_seconds()
     for what in ("tile", "tile_batch", "image"):
         times: dict[str, list[float]] = {p: [] for p in names}
+        per = {"tile": b1, "tile_batch": bsz, "image": 1}[what]  # reported per tile (per image)
         for i in progress(range(warmup + runs), f"paired {what}s"):
-            for p in names:
+            # the order alternates by round, so neither variant always runs on caches the other warmed
+            for p in (names if i % 2 == 0 else names[::-1]):
                 t0 = time.perf_counter()
                 calls[p][what]()
-                if i >= warmup:  # per tile for the batch: ms / batch size
-                    times[p].append((time.perf_counter() - t0) * 1e3 / (bsz if what == "tile_batch" else 1))
+                if i >= warmup:
+                    times[p].append((time.perf_counter() - t0) * 1e3 / per)
         ref = np.asarray(times[names[0]])
         for p in names:
             v = out["variants"][p]

@@ -117,10 +117,15 @@ def speedups_and_targets(report: dict, int8: str | None) -> dict:
                        ("per 1024x1024 image end to end (verdict)", "cpu")):
         s = (by.get(f"fp32_vs_{int8}_{key}_paired") or {}) if int8 else {}
         basis = "timed in turns, median of per-round ratios"
-        if s.get("ratio") is None and key != "cpu_tile_batch":  # no sequential row times a batch
-            s, basis = (by.get(f"fp32_vs_{int8}_{key}") or {}) if int8 else {}, "p50 of rows timed one after another"
-        elif s.get("ratio") is None:
-            basis = "measured only when FP32 and the CPU INT8 file are timed in turns"
+        if s.get("ratio") is None:
+            why = f"; timed in turns: {s['reason']}" if s.get("reason") else ""
+            if key == "cpu_tile_batch":  # no sequential row times a batch
+                basis = "measured only when FP32 and the CPU INT8 file are timed in turns" + why
+            else:
+                s = (by.get(f"fp32_vs_{int8}_{key}") or {}) if int8 else {}
+                basis = "p50 of rows timed one after another" + why
+                if s.get("ratio") is None and s.get("reason"):
+                    basis += f"; {s['reason']}"
         targets.append(_target(f"CPU INT8 vs FP32 (ONNX Runtime CPU), {label}", ">=", TARGET_INT8_VS_FP32,
                                s.get("ratio"), "x", basis if int8 else "the package has no INT8 file"))
     s = by.get(f"fp32_vs_{int8}_cpu_full_mask") if int8 else None
@@ -181,10 +186,13 @@ def shared_cpu(report: dict) -> str | None:
     """Why the run's CPU latencies are suspect, or None. Uses each timed row's measured share of
     CPU taken by other processes (latency.other_cpu_share); the load average only where no row
     measured it (it counts the bench's own workers too)."""
-    rows = [r for r in report.get("latency", []) if r.get("kind") == "student" and r.get("status") == "ok"]
+    # CPU rows only: a GPU row's latency does not suffer from a busy CPU the same way
+    rows = [r for r in report.get("latency", []) if r.get("kind") == "student" and r.get("status") == "ok"
+            and r.get("backend") == "ort-cpu"]
     if report.get("paired"):
-        rows.append({"variant": "paired", **report["paired"]})
-    shares = {r["variant"]: r["cpu_other_share"] for r in rows if r.get("cpu_other_share") is not None}
+        rows.append({**report["paired"], "variant": "paired"})
+    shares = {f"{r['variant']}" + (f" ({r['backend']})" if r["variant"] != "paired" else ""): r["cpu_other_share"]
+              for r in rows if r.get("cpu_other_share") is not None}
     if shares:
         bad = {v: x for v, x in shares.items() if x > OTHER_CPU_WARN}
         return ", ".join(f"{v}: other processes used {x:.0%} of the CPU" for v, x in bad.items()) or None

@@ -44,63 +44,77 @@ class ResidualFront(nn.Module):
     checkerboards) are 0.5-3 grey levels, while edges give residuals of tens. Untruncated, a
     network learns edges (content) first and the traces drown; clipped to +-3 grey levels and
     scaled to +-1, the residual map is noise texture, and its range is fixed, which INT8 likes.
-    Output: the image's 3 channels followed by 9 residual channels in [-1, 1].
+
+    Output (the fused layout, 12 channels in [-1, 1]): per colour channel c, its pass-through
+    x_c / bound and its three residuals. Why fused: the first version concatenated the image
+    beside its 9 residuals, and that Concat wrote and re-read a 12-channel full-resolution tensor,
+    about a sixth of a tile's time on ORT CPU, precision-independent, so it diluted INT8's speedup.
+    Now one grouped conv emits all 12 (the pass-through is a centre tap of 1 / bound, so
+    |x_c / bound| <= 1 and the clip leaves it alone) and the stem's weight is permuted and scaled
+    to match (BlockStem.forward's `order`): the same function to float rounding. `reference()`
+    gives the old layout [image (3), residual (9)].
     """
 
-    N = 9
+    N = 9  # residual channels
+    OUT = 12
 
     def __init__(self, clip: float, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
         super().__init__()
         # the largest |value| a normalised [0, 1] image can take, with a little room for rounding
         self.bound = 1.001 * max(max(m / s, (1.0 - m) / s) for m, s in zip(mean, std))
-        k = _residual_kernels()
-        # groups=3: output 3c+j applies filter j to colour channel c. Measured in ORT CPU at 512 px
-        # (1 thread) the grouped conv + clip + concat took 14 ms against 24 ms for the same filters
-        # as a dense 3->9 conv with zeros across channels (full resolution, 3 input channels: the
-        # dense conv multiplies the zeros too)
-        self.conv = nn.Conv2d(3, self.N, 3, 1, 1, groups=3, bias=False)
-        self.conv.weight.data.copy_(k.repeat(3, 1, 1).unsqueeze(1) / (clip * GREY))
+        k = _residual_kernels().repeat(3, 1, 1).unsqueeze(1) / (clip * GREY)  # [9, 1, 3, 3]
+        # groups=3: output 4c+i reads colour channel c only (grouped: measured in ORT CPU at 512 px,
+        # 1 thread, 14 ms against 24 ms for the same filters as a dense conv with zeros across
+        # channels, which multiplies the zeros too). A module call, so ONNX names the node
+        # /front/conv/... and the quantize stage keeps it FP32 by name (full_precision_layers)
+        self.conv = nn.Conv2d(3, self.OUT, 3, 1, 1, groups=3, bias=False)
+        self.conv.weight.data.copy_(self._fuse(k))
         self.conv.weight.requires_grad_(False)
-        self._register_load_state_dict_pre_hook(self._from_dense)
+        idx, gain = self._order()
+        self._idx = idx
+        # a buffer (not saved): the stem divides its weight by it, and a tensor made while tracing
+        # the export would be a TracerWarning
+        self.register_buffer("gain", torch.tensor(gain), persistent=False)
+        self._register_load_state_dict_pre_hook(self._from_older)
 
-    @staticmethod
-    def _from_dense(state_dict, prefix, *args):
-        # students trained before the conv was grouped stored it dense, [9, 3, 3, 3] with zeros
-        # across channels: the same filters
+    def _fuse(self, w9: torch.Tensor) -> torch.Tensor:
+        """[9, 1, 3, 3] residual filters (output 3c+j = filter j on channel c) -> the fused [12, 1, 3, 3]."""
+        eye = torch.zeros(1, 1, 3, 3, dtype=w9.dtype)
+        eye[0, 0, 1, 1] = 1.0 / self.bound
+        return torch.cat([torch.cat([eye, w9[3 * c:3 * c + 3]]) for c in range(3)])
+
+    def _from_older(self, state_dict, prefix, *args):
+        # older students stored the 9 residual filters alone: grouped [9, 1, 3, 3], or before that
+        # dense [9, 3, 3, 3] with zeros across channels. The same filters; add the pass-through
         k = prefix + "conv.weight"
         w = state_dict.get(k)
-        if w is not None and w.shape[1] == 3:
-            state_dict[k] = torch.stack([w[o, o // 3] for o in range(w.shape[0])]).unsqueeze(1)
+        if w is None or w.shape[0] != self.N:
+            return
+        if w.shape[1] == 3:
+            w = torch.stack([w[o, o // 3] for o in range(w.shape[0])]).unsqueeze(1)
+        state_dict[k] = self._fuse(w.to(torch.float32))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The reference layout: [image (3), residual (9)]."""
-        return torch.cat([x, torch.clamp(self.conv(x), -1.0, 1.0)], 1)
-
-    # ---- the fused layout the student runs (and exports) ----
-    # Why: the Concat of the image beside its residual wrote and re-read a 12-channel full-resolution
-    # tensor, about a sixth of a tile's time on ORT CPU, and it is precision-independent, so it
-    # diluted INT8's speedup. Instead one grouped conv emits, per colour channel c, the pass-through
-    # x_c / bound (a centre tap, so |x_c / bound| <= 1 and the clip leaves it alone) and its three
-    # residuals; the stem's weight is permuted to match and its image columns scaled by `bound`.
-    # The same function to float rounding, with no Concat; on the INT8 path the one [-1, 1] tensor
-    # that the stem reads quantizes with a finer step on the residuals than the old mixed range gave.
-
-    def fused_weight(self) -> torch.Tensor:
-        w = self.conv.weight.detach()  # [9, 1, 3, 3]; output 3c+j = filter j on channel c
-        eye = torch.zeros(1, 1, 3, 3, dtype=w.dtype, device=w.device)
-        eye[0, 0, 1, 1] = 1.0 / self.bound
-        return torch.cat([torch.cat([eye, w[3 * c:3 * c + 3]]) for c in range(3)])  # [12, 1, 3, 3]
-
-    def order(self) -> tuple[list[int], list[float]]:
-        """For fused channel k: the reference-layout channel it carries, and its gain against it."""
+    def _order(self) -> tuple[list[int], list[float]]:
         idx, gain = [], []
         for c in range(3):
             idx += [c] + [3 + 3 * c + j for j in range(3)]
             gain += [1.0 / self.bound, 1.0, 1.0, 1.0]
         return idx, gain
 
-    def fused(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(F.conv2d(x, self.fused_weight(), None, 1, 1, 1, 3), -1.0, 1.0)
+    def order(self) -> tuple[list[int], torch.Tensor]:
+        """For output channel k: the reference-layout channel it carries, and its gain against it."""
+        return self._idx, self.gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(self.conv(x), -1.0, 1.0)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The unfused layout [image (3), clip(residual) (9)]: for tests and reading the filters."""
+        y = self.forward(x)
+        out = torch.empty_like(y)
+        for k, (i, g) in enumerate(zip(*self._order())):
+            out[:, i] = y[:, k] / g
+        return out
 
 
 class BlockStem(nn.Module):
@@ -122,14 +136,14 @@ class BlockStem(nn.Module):
         rgb = rgb - self.hp.view(-1, 1, 1, 1) * rgb.mean((1, 2, 3), keepdim=True)
         return torch.cat([rgb, w[:, 3:]], 1) if self.conv.in_channels > 3 else rgb
 
-    def forward(self, x: torch.Tensor, order: tuple[list[int], list[float]] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, order: tuple[list[int], torch.Tensor] | None = None) -> torch.Tensor:
         # exported as a constant: ONNX sees one plain Conv with the projected weight. `order` maps
         # the input's channels onto the reference layout (ResidualFront.order): the weight's columns
         # are permuted and divided by each channel's gain, so the conv computes the same sums
         w = self.weight()
         if order is not None:
             idx, gain = order
-            w = w[:, idx] / torch.tensor(gain, dtype=w.dtype, device=w.device).view(1, -1, 1, 1)
+            w = w[:, idx] / gain.to(w.dtype).view(1, -1, 1, 1)
         return F.relu(self.bn(F.conv2d(x, w, None, PATCH)))
 
 
@@ -172,7 +186,7 @@ class BlockStudent(nn.Module):
         self.cls = nn.Linear(2 * w[-1] + 2, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.stem(x) if self.front is None else self.stem(self.front.fused(x), self.front.order())
+        h = self.stem(x) if self.front is None else self.stem(self.front(x), self.front.order())
         feats = []
         for st in self.stages:
             h = st(h)
