@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -385,6 +386,14 @@ def test_workers_split_an_image_evenly_and_agree_with_one_worker(pkg):
     assert v.fake_prob == pytest.approx(ref.fake_prob, abs=1e-6)
     np.testing.assert_allclose(v.mask_quarter, ref.mask_quarter, atol=1e-6)
     assert v.timings["infer_ms"] > 0 and v.timings["total_ms"] >= v.timings["infer_ms"]
+    # the stages add up to the total, tile cutting and normalization included (it was missing)
+    t = v.timings
+    assert t["prep_ms"] > 0 and t["total_ms"] >= t["decode_ms"] + t["prep_ms"] + t["infer_ms"] + t["mask_ms"]
+    one = Detector.load(pkg)
+    t0 = time.perf_counter()
+    w = one.check(img, mask="none")
+    wall = (time.perf_counter() - t0) * 1e3
+    assert w.timings["prep_ms"] > 0 and w.timings["total_ms"] <= wall
     many = list(det.check_many([img, _img(70, 90, seed=1), img]))  # in order, same answers
     assert [m.fake_prob for m in many][::2] == pytest.approx([ref.fake_prob] * 2, abs=1e-6)
 

@@ -106,6 +106,8 @@ class _Job:
     logits: np.ndarray
     stitcher: MaskStitcher | None
     decode_ms: float = 0.0
+    # cutting and normalizing this image's tiles (the time the backend does not see)
+    prep_ms: float = 0.0
     # the backend's time on this image's tiles: its share of each batch (concurrent batches each count)
     infer_ms: float = 0.0
     done: int = 0
@@ -435,7 +437,9 @@ class Detector:
                     flush()
                     continue
                 k = len(refs)
+                tp = time.perf_counter()
                 self._prepare(job.img, job.origins[i:i + take], bufs[cur][k:k + take])
+                job.prep_ms += (time.perf_counter() - tp) * 1e3
                 refs.extend((job, j) for j in range(i, i + take))
                 i += take
                 if len(refs) >= cap:
@@ -513,9 +517,9 @@ class Detector:
             if mask == "full":
                 src = (logits_q, self.mask_dtype)  # upsampled on first access of Verdict.mask
         mask_ms = (time.perf_counter() - tm) * 1e3
-        timings = {"decode_ms": job.decode_ms, "infer_ms": job.infer_ms, "mask_ms": mask_ms,
-                   "fallback_ms": fb_ms}
-        timings["total_ms"] = job.decode_ms + job.infer_ms + (time.perf_counter() - t) * 1e3
+        timings = {"decode_ms": job.decode_ms, "prep_ms": job.prep_ms, "infer_ms": job.infer_ms,
+                   "mask_ms": mask_ms, "fallback_ms": fb_ms}
+        timings["total_ms"] = job.decode_ms + job.prep_ms + job.infer_ms + (time.perf_counter() - t) * 1e3
         fb = "; ".join(r for r in (self.load_fallback, reason) if r) or None
         return Verdict(fake_prob=prob, is_fake=bool(prob >= th.threshold), threshold=th.threshold, _mask_src=src,
                        backend=be.name, precision=be.precision, fallback=fb, timings=timings, logit=logit,
