@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Benchmark every model file of a package on this machine: latency "
                                    "(p50/p90/p99 per 1024x1024 image and per tile, throughput, peak memory, size), "
                                    "accuracy per variant (AUC, balanced accuracy, pixel F1/IoU, agreement with FP32 "
-                                   "and the teacher) and, optionally, robustness to JPEG/blur/noise/resize.",
+                                   "and the teacher) and, optionally, robustness to JPEG/blur/noise/resize. FP32 and "
+                                   "the CPU INT8 file are also timed in turns in one process, so their ratio survives "
+                                   "a shared CPU's drift; each timed row records how much CPU other processes took.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--package", required=True, help="package directory (manifest.json + model files)")
     p.add_argument("--data", help="dataset (manifest.jsonl or folder) for accuracy; without it, latency only")
