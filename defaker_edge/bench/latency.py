@@ -31,6 +31,8 @@ from collections import deque
 
 import numpy as np
 
+from .machine import usable_cpus
+
 RESULT_TAG = "BENCH_RESULT "
 
 
@@ -68,14 +70,6 @@ def _proc_status_mb(key: str) -> float | None:
     return None
 
 
-def _cores() -> list[int]:
-    """The CPUs this process may run on (its affinity), else all of them."""
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return list(range(os.cpu_count() or 1))
-
-
 def cpu_seconds() -> tuple[float, float, float, int] | None:
     """(wall s, busy CPU s summed over this process's CPUs, CPU s of this process, those CPUs' count)
     now; None off Linux.
@@ -83,7 +77,7 @@ def cpu_seconds() -> tuple[float, float, float, int] | None:
     Busy is /proc/stat's user + nice + system + irq + softirq + steal of each `cpuN` line in the
     affinity set (a benchmark pinned to 2 of 16 cores competes only there): steal is time the
     hypervisor gave a vCPU to someone else, which a benchmark loses just the same."""
-    cores = set(_cores())
+    cores = usable_cpus()
     busy = 0.0
     try:
         hz = os.sysconf("SC_CLK_TCK")
@@ -148,6 +142,19 @@ def bench_image(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
 
+def _random_tiles(rng: np.random.Generator, b: int, tile: int) -> np.ndarray:
+    """b normalized random tiles [b, 3, T, T], the model's input."""
+    from ..runtime.tiling import normalize
+
+    return normalize(rng.integers(0, 256, (b, tile, tile, 3), dtype=np.uint8))
+
+
+def _session_run(sess):
+    """x -> sess.run(all outputs, {its one input: x})."""
+    name, outs = sess.get_inputs()[0].name, [o.name for o in sess.get_outputs()]
+    return lambda x: sess.run(outs, {name: x})
+
+
 def measure_onnx(job: dict) -> dict:
     """Runs inside the worker: one ONNX file on one ORT provider.
 
@@ -155,7 +162,6 @@ def measure_onnx(job: dict) -> dict:
     when it loads; otherwise through the bench's ONNX adapter, and the row says why. The per-tile
     and throughput runs use the same ORT session, so the peak RSS is one model's.
     """
-    from ..runtime.tiling import normalize
     from .adapter import DetectorPredictor, OnnxPredictor, make_session, static_batch
 
     base = _proc_status_mb("VmRSS")
@@ -180,15 +186,10 @@ def measure_onnx(job: dict) -> dict:
     load_ms = (time.perf_counter() - t0) * 1e3
     rng = np.random.default_rng(int(job.get("seed", 0)))
     fixed = static_batch(sess)
-    in_name = sess.get_inputs()[0].name
-    outs = [o.name for o in sess.get_outputs()]
-
-    def tiles(b: int) -> np.ndarray:
-        return normalize(rng.integers(0, 256, (b, T, T, 3), dtype=np.uint8))
-
-    x1 = tiles(1)
+    run = _session_run(sess)
+    x1 = _random_tiles(rng, 1, T)
     cpu0 = cpu_seconds()
-    per_tile = _timed(lambda: sess.run(outs, {in_name: x1}), runs, warmup)
+    per_tile = _timed(lambda: run(x1), runs, warmup)
     img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
     n_tiles = 0
 
@@ -213,8 +214,8 @@ def measure_onnx(job: dict) -> dict:
     for b in job.get("batches", [1, 2, 4, 8]):
         if fixed and b != fixed:
             continue
-        xs = [tiles(int(b)) for _ in range(streams)]
-        by_batch[str(b)] = _throughput(lambda x: sess.run(outs, {in_name: x}), xs, t_runs)
+        xs = [_random_tiles(rng, int(b), T) for _ in range(streams)]
+        by_batch[str(b)] = _throughput(run, xs, t_runs)
     best = max(by_batch, key=by_batch.get) if by_batch else None
     return {"status": "ok", "provider_ran": sess.get_providers()[0], "load_ms": load_ms,
             "cpu_other_share": other_cpu_share(cpu0),
@@ -240,7 +241,6 @@ def measure_paired(job: dict) -> dict:
     each round's own ratio. The Detector's ONNX Runtime sessions do not spin-wait (OrtBackend), so
     the idle one does not steal the cores of the one being timed.
     """
-    from ..runtime.tiling import normalize
     from .adapter import DetectorPredictor, static_batch
 
     T, runs, warmup = int(job["tile"]), int(job["runs"]), int(job["warmup"])
@@ -257,16 +257,12 @@ def measure_paired(job: dict) -> dict:
     # the runtime's own tile batch too: at batch 1 a tile's few large ops leave threads idle, and
     # the INT8 kernels lose more of their gain to that than FP32 does
     bsz = b1 if b1 > 1 else int(preds[names[0]].det.batch_size)
-    x1 = normalize(rng.integers(0, 256, (b1, T, T, 3), dtype=np.uint8))
-    xb = normalize(rng.integers(0, 256, (bsz, T, T, 3), dtype=np.uint8))
+    x1, xb = _random_tiles(rng, b1, T), _random_tiles(rng, bsz, T)
     img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
     calls = {}
     for p, pred in preds.items():
-        sess = pred.session
-        outs = [o.name for o in sess.get_outputs()]
-        name = sess.get_inputs()[0].name
-        calls[p] = {"tile": (lambda s=sess, o=outs, n=name: s.run(o, {n: x1})),
-                    "tile_batch": (lambda s=sess, o=outs, n=name: s.run(o, {n: xb})),
+        run = _session_run(pred.session)
+        calls[p] = {"tile": (lambda r=run: r(x1)), "tile_batch": (lambda r=run: r(xb)),
                     "image": (lambda d=pred.det: d.check(img))}
     out: dict = {"status": "ok", "reference": names[0], "runs": runs, "warmup": warmup,
                  "threads_per_run": preds[names[0]].det.info().get("threads_per_run") or threads or None,

@@ -57,11 +57,16 @@ def load_average() -> float | None:
         return None
 
 
-def machine_info() -> dict:
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity), else all of them."""
     try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
+def machine_info() -> dict:
+    usable = len(usable_cpus())
     gpus = _gpus()
     return {
         "cpu_model": _cpu_model(),

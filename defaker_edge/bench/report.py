@@ -51,13 +51,13 @@ def _ratio(name: str, num: dict | None, den: dict | None, what: str, key: str = 
 def _paired_ratios(paired: dict, int8: str) -> list[dict]:
     """Speedup entries from the timed-in-turns measurement (runner._paired)."""
     ref = paired.get("reference", "fp32")
+    variants = paired.get("variants") or {}
+    v, r = variants.get(int8) or {}, variants.get(ref) or {}
     out = []
     how = {"tile": "per tile (the model alone, batch 1)",
            "tile_batch": f"per tile (the model alone, at the runtime's batch of {paired.get('batch')})",
            "image": "per image through the Detector (verdict)"}
     for what, key in (("tile", "cpu_tile_paired"), ("tile_batch", "cpu_tile_batch_paired"), ("image", "cpu_paired")):
-        v = (paired.get("variants") or {}).get(int8) or {}
-        r = (paired.get("variants") or {}).get(ref) or {}
         e = {"name": f"{ref}_vs_{int8}_{key}",
              "what": f"student {ref} / {int8} on ONNX Runtime CPU, {how[what]}, "
                      "both timed in turns in one process: the noise-robust measure",
@@ -187,12 +187,10 @@ def shared_cpu(report: dict) -> str | None:
     CPU taken by other processes (latency.other_cpu_share); the load average only where no row
     measured it (it counts the bench's own workers too)."""
     # CPU rows only: a GPU row's latency does not suffer from a busy CPU the same way
-    rows = [r for r in report.get("latency", []) if r.get("kind") == "student" and r.get("status") == "ok"
-            and r.get("backend") == "ort-cpu"]
-    if report.get("paired"):
-        rows.append({**report["paired"], "variant": "paired"})
-    shares = {f"{r['variant']}" + (f" ({r['backend']})" if r["variant"] != "paired" else ""): r["cpu_other_share"]
-              for r in rows if r.get("cpu_other_share") is not None}
+    shares = {f"{r['variant']} ({r['backend']})": r.get("cpu_other_share") for r in report.get("latency", [])
+              if r.get("kind") == "student" and r.get("status") == "ok" and r.get("backend") == "ort-cpu"}
+    shares["paired"] = (report.get("paired") or {}).get("cpu_other_share")
+    shares = {k: v for k, v in shares.items() if v is not None}
     if shares:
         bad = {v: x for v, x in shares.items() if x > OTHER_CPU_WARN}
         return ", ".join(f"{v}: other processes used {x:.0%} of the CPU" for v, x in bad.items()) or None

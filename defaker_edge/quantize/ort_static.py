@@ -99,15 +99,13 @@ def speed_ratio(fp32_onnx: str | Path, int8_onnx: str | Path, tiles: np.ndarray,
     """
     import onnxruntime as ort
 
+    from ..runtime.backends.onnxruntime import session_options
+
     def session(p):
-        o = ort.SessionOptions()
-        o.log_severity_level = 3
-        # no spin-waiting: with two sessions interleaved, the idle one's spinning pool would take
-        # the cores the timed one needs (measured: FP32 31 vs 14 ms per tile at 2 threads)
-        o.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            o.intra_op_num_threads = threads
-        return ort.InferenceSession(str(p), sess_options=o, providers=["CPUExecutionProvider"])
+        # the runtime's options, no spin-waiting included: with two sessions interleaved, the
+        # idle one's spinning pool would take the cores the timed one needs
+        return ort.InferenceSession(str(p), sess_options=session_options(threads),
+                                    providers=["CPUExecutionProvider"])
 
     s32, s8 = session(fp32_onnx), session(int8_onnx)
     x = [np.ascontiguousarray(t[None]) for t in tiles]

@@ -70,11 +70,12 @@ class ResidualFront(nn.Module):
         self.conv = nn.Conv2d(3, self.OUT, 3, 1, 1, groups=3, bias=False)
         self.conv.weight.data.copy_(self._fuse(k))
         self.conv.weight.requires_grad_(False)
-        idx, gain = self._order()
-        self._idx = idx
+        # output 4c carries colour channel c (reference channel c) at gain 1/bound; 4c+1+j its
+        # residual j (reference channel 3+3c+j) at gain 1
+        self._idx = [i for c in range(3) for i in [c] + [3 + 3 * c + j for j in range(3)]]
         # a buffer (not saved): the stem divides its weight by it, and a tensor made while tracing
         # the export would be a TracerWarning
-        self.register_buffer("gain", torch.tensor(gain), persistent=False)
+        self.register_buffer("gain", torch.tensor([1.0 / self.bound, 1.0, 1.0, 1.0] * 3), persistent=False)
         self._register_load_state_dict_pre_hook(self._from_older)
 
     def _fuse(self, w9: torch.Tensor) -> torch.Tensor:
@@ -94,13 +95,6 @@ class ResidualFront(nn.Module):
             w = torch.stack([w[o, o // 3] for o in range(w.shape[0])]).unsqueeze(1)
         state_dict[k] = self._fuse(w.to(torch.float32))
 
-    def _order(self) -> tuple[list[int], list[float]]:
-        idx, gain = [], []
-        for c in range(3):
-            idx += [c] + [3 + 3 * c + j for j in range(3)]
-            gain += [1.0 / self.bound, 1.0, 1.0, 1.0]
-        return idx, gain
-
     def order(self) -> tuple[list[int], torch.Tensor]:
         """For output channel k: the reference-layout channel it carries, and its gain against it."""
         return self._idx, self.gain
@@ -112,8 +106,7 @@ class ResidualFront(nn.Module):
         """The unfused layout [image (3), clip(residual) (9)]: for tests and reading the filters."""
         y = self.forward(x)
         out = torch.empty_like(y)
-        for k, (i, g) in enumerate(zip(*self._order())):
-            out[:, i] = y[:, k] / g
+        out[:, self._idx] = y / self.gain.view(1, -1, 1, 1)
         return out
 
 

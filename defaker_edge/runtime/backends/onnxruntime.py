@@ -53,27 +53,36 @@ def gpu_available() -> bool:
     return any(p in have for p in GPU_PROVIDERS)
 
 
+def session_options(threads: int | None = None):
+    """The runtime's ORT session options: quiet, `threads` intra-op threads (None: ORT's default),
+    and no spin-waiting.
+
+    Why no spinning: ORT's pool threads spin-wait after each run by default. On a device that burns
+    a core the host app (a camera pipeline) needs, and the spinning pool of one session steals the
+    cores of another (the INT8 primary and the FP32 re-run): measured at 2 threads, a tile took
+    31 ms instead of 14 beside an idle spinning session. Alone, off cost no more than the
+    run-to-run noise (batch 8, 2 threads, three alternating runs: FP32 10.4-14.0 vs 10.1-11.3 ms
+    per tile spinning): a tile batch is a few large ops, not thousands of small ones.
+    """
+    opts = _ort().SessionOptions()
+    opts.log_severity_level = 3  # warnings about unused initializers are noise to a user
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike, precision: str, tile: int, *,
                  providers: Sequence[str] | None = None, input_name: str | None = None,
-                 threads: int | None = None, spin: bool = False):
+                 threads: int | None = None):
         ort = _ort()
         self.precision = precision
         self.tile = tile
         self.path = Path(path)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # warnings about unused initializers are noise to a user
-        # ORT's pool threads spin-wait after each run by default. On a device that burns a core
-        # the host app (a camera pipeline) needs, and the spinning pool of one session steals the
-        # cores of another (the INT8 primary and the FP32 re-run): measured at 2 threads, a
-        # tile took 31 ms instead of 14 beside an idle spinning session. Alone, off cost no more
-        # than the run-to-run noise (batch 8, 2 threads, three alternating runs: FP32 10.4-14.0 vs
-        # 10.1-11.3 ms per tile spinning): a tile batch is a few large ops, not thousands of small ones.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts = session_options(threads)
         provs = choose_providers(providers)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=provs)
