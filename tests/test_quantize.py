@@ -238,10 +238,10 @@ def test_block_residual_front_stays_full_precision_in_int8(calib, small_val, tmp
     assert fp32_convs == sorted([front[0].name, "/stem/Conv"]), fp32_convs
 
 
-def test_int8_cpu_never_quantizes_the_raw_image(calib, small_val, tmp_path):
-    """On the CPU path every node that reads the image stays FP32 and reads it unrounded: ORT puts one
-    Q/DQ pair on a tensor any quantized node consumes, so one quantized reader would feed every
-    reader the 8-bit image. The fused front end reads it once: its conv, kept FP32."""
+def test_int8_cpu_float_input_never_quantizes_the_image(calib, small_val, tmp_path):
+    """With --float-input, every node that reads the normalized image stays FP32 and reads it unrounded:
+    ORT puts one Q/DQ pair on a tensor any quantized node consumes, so one quantized reader would feed
+    every reader the 8-bit image. The fused front end reads it once: its conv, kept FP32."""
     import onnx
     import torch
 
@@ -250,8 +250,10 @@ def test_int8_cpu_never_quantizes_the_raw_image(calib, small_val, tmp_path):
     torch.manual_seed(0)
     scfg = StudentConfig.from_preset("block-s", tile=T)
     sdir = save_student(build_student(scfg).eval(), scfg, tmp_path / "B")
-    cfg = QuantConfig(precision="int8-cpu", out=str(tmp_path / "Q"), budget_auc=1.0, budget_f1=1.0, data=small_val)
+    cfg = QuantConfig(precision="int8-cpu", out=str(tmp_path / "Q"), budget_auc=1.0, budget_f1=1.0, data=small_val,
+                      raw_input=False)
     res = quantize(str(sdir), calib, cfg)
+    assert res.manifest["input_format"] == "f32-nchw"
     g = onnx.load(str(res.onnx)).graph
     image = g.input[0].name
     readers = [n for n in g.node if image in n.input]
@@ -268,3 +270,28 @@ def test_int8_cpu_never_quantizes_the_raw_image(calib, small_val, tmp_path):
         assert n.op_type in ("Conv", "Gemm") and (w is None or w.op_type != "DequantizeLinear"), n.name
     stem = next(n for n in g.node if n.op_type == "Conv" and n.name.startswith("/stem"))
     assert producers[stem.input[1]].op_type == "DequantizeLinear"  # the stem itself is INT8
+
+
+def test_int8_cpu_takes_raw_pixels_by_default(calib, small_val, tmp_path):
+    """The default CPU path: uint8 pixels in (runtime.tiling.RAW_S2D), the front end INT8 too (not in
+    excluded_layers), the gate scored through the runtime's backend, and the speed check run on it."""
+    import onnx
+    import torch
+
+    from defaker_edge.quantize.evaluate import onnx_runner, onnx_tile
+    from defaker_edge.runtime import tiling
+    from defaker_edge.student import StudentConfig, build_student, save_student
+
+    torch.manual_seed(0)
+    scfg = StudentConfig.from_preset("block-s", tile=T)
+    sdir = save_student(build_student(scfg).eval(), scfg, tmp_path / "B")
+    cfg = QuantConfig(precision="int8-cpu", out=str(tmp_path / "Q"), budget_auc=1.0, budget_f1=1.0, data=small_val)
+    res = quantize(str(sdir), calib, cfg)
+    man = res.manifest
+    assert man["input_format"] == tiling.RAW_S2D and "front.conv" not in man["excluded_layers"]
+    assert "/front/conv/Conv" not in man["cpu_fp32_nodes"] and man["gate"]["passed"] is True
+    assert man["speed"]["ratio"] > 0 and onnx_tile(res.onnx) == T
+    g = onnx.load(str(res.onnx)).graph
+    assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    f, m = onnx_runner(res.onnx, T)(np.random.default_rng(0).integers(0, 256, (2, T, T, 3), dtype=np.uint8))
+    assert f.shape == (2,) and m.shape == (2, 1, T // 4, T // 4) and np.isfinite(m).all()

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError
 from ..runtime.stitch import MaskStitcher, sigmoid
-from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, normalize, tile_origins
+from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, prepare, tile_origins
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,12 @@ class OnnxPredictor:
         self.batch = fixed or batch  # None: all tiles of an image in one batch (what the runtime does)
         self.in_name = self.sess.get_inputs()[0].name
         self.out_names = [o.name for o in self.sess.get_outputs()]
+        from ..runtime.backends.onnxruntime import input_format
+
+        self.input_format = input_format(self.sess)
 
     def run_tiles(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """float32 [N,3,T,T] -> (fake_logit [N], mask_logits [N,1,t,t]), chunked by the batch size."""
+        """Model inputs [N, ...] (tiling.prepare) -> (fake_logit [N], mask_logits [N,1,t,t]), chunked by the batch size."""
         bs = self.batch or len(x)
         logits, masks = [], []
         for i in range(0, len(x), bs):
@@ -95,7 +98,7 @@ class OnnxPredictor:
         h, w = img.shape[:2]
         T = self.spec.tile
         origins = tile_origins(h, w, self.spec)
-        x = normalize(cut_tiles(img, origins, T))
+        x = prepare(cut_tiles(img, origins, T), self.input_format)
         t1 = time.perf_counter()
         fl, ml = self.run_tiles(x)
         t2 = time.perf_counter()

@@ -7,7 +7,7 @@ the student is timed. The worker (`python -m defaker_edge.bench._worker`) reads 
 stdin, runs `measure_onnx` or `measure_teacher` and prints one `BENCH_RESULT {json}` line on stdout.
 
 What is timed, after warm-up:
-- per tile: one normalized T x T tile, batch 1, `session.run` only, on the Detector's session (so at
+- per tile: one T x T tile in the model's input format (prepared untimed), batch 1, `session.run` only, on the Detector's session (so at
   its threads per run: all cores with the default single worker);
 - per image: a seeded 1024 x 1024 RGB array through `Detector.check` (the runtime's tiling,
   normalization, batching, aggregation and quarter-resolution mask stitching; no file decoding),
@@ -142,11 +142,17 @@ def bench_image(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
 
 
-def _random_tiles(rng: np.random.Generator, b: int, tile: int) -> np.ndarray:
-    """b normalized random tiles [b, 3, T, T], the model's input."""
-    from ..runtime.tiling import normalize
+def _random_pixels(rng: np.random.Generator, b: int, tile: int) -> np.ndarray:
+    """b random uint8 tiles [b, T, T, 3]."""
+    return rng.integers(0, 256, (b, tile, tile, 3), dtype=np.uint8)
 
-    return normalize(rng.integers(0, 256, (b, tile, tile, 3), dtype=np.uint8))
+
+def _model_input(sess, tiles: np.ndarray) -> np.ndarray:
+    """uint8 tiles as the session's model takes them (normalized float, or the CPU INT8 model's raw pixels)."""
+    from ..runtime.backends.onnxruntime import input_format
+    from ..runtime.tiling import prepare
+
+    return prepare(tiles, input_format(sess))
 
 
 def _session_run(sess):
@@ -187,7 +193,7 @@ def measure_onnx(job: dict) -> dict:
     rng = np.random.default_rng(int(job.get("seed", 0)))
     fixed = static_batch(sess)
     run = _session_run(sess)
-    x1 = _random_tiles(rng, 1, T)
+    x1 = _model_input(sess, _random_pixels(rng, 1, T))
     cpu0 = cpu_seconds()
     per_tile = _timed(lambda: run(x1), runs, warmup)
     img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
@@ -214,7 +220,7 @@ def measure_onnx(job: dict) -> dict:
     for b in job.get("batches", [1, 2, 4, 8]):
         if fixed and b != fixed:
             continue
-        xs = [_random_tiles(rng, int(b), T) for _ in range(streams)]
+        xs = [_model_input(sess, _random_pixels(rng, int(b), T)) for _ in range(streams)]
         by_batch[str(b)] = _throughput(run, xs, t_runs)
     best = max(by_batch, key=by_batch.get) if by_batch else None
     return {"status": "ok", "provider_ran": sess.get_providers()[0], "load_ms": load_ms,
@@ -257,12 +263,14 @@ def measure_paired(job: dict) -> dict:
     # the runtime's own tile batch too: at batch 1 a tile's few large ops leave threads idle, and
     # the INT8 kernels lose more of their gain to that than FP32 does
     bsz = b1 if b1 > 1 else int(preds[names[0]].det.batch_size)
-    x1, xb = _random_tiles(rng, b1, T), _random_tiles(rng, bsz, T)
+    u1, ub = _random_pixels(rng, b1, T), _random_pixels(rng, bsz, T)  # the same pixels for every variant
     img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
     calls = {}
     for p, pred in preds.items():
         run = _session_run(pred.session)
-        calls[p] = {"tile": (lambda r=run: r(x1)), "tile_batch": (lambda r=run: r(xb)),
+        # each in its model's input format, prepared before timing (per image, the check prepares its own)
+        x1, xb = _model_input(pred.session, u1), _model_input(pred.session, ub)
+        calls[p] = {"tile": (lambda r=run, x=x1: r(x)), "tile_batch": (lambda r=run, x=xb: r(x)),
                     "image": (lambda d=pred.det: d.check(img))}
     out: dict = {"status": "ok", "reference": names[0], "runs": runs, "warmup": warmup,
                  "threads_per_run": preds[names[0]].det.info().get("threads_per_run") or threads or None,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError
-from ..runtime.tiling import TileSpec, cut_tiles, normalize, tile_origins
+from ..runtime.tiling import TileSpec, cut_tiles, prepare, tile_origins
 from .manifest import DEFAULT_ATOL, GOLDEN, INPUT_NAME, OUTPUT_NAMES, Problem, onnx_files
 
 
@@ -100,12 +100,26 @@ def run_onnx(path_or_session: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.asarray(fl), np.asarray(ml)
 
 
+def session_format(sess: Any) -> str:
+    """The input format an ORT session's model takes (runtime.tiling: normalized float, or raw pixels)."""
+    from ..runtime.backends.onnxruntime import input_format
+
+    return input_format(sess)
+
+
+def run_tiles(path_or_session: Any, tiles_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """run_onnx on uint8 tiles [B, T, T, 3], prepared in the file's own input format."""
+    sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session)
+    x = prepare(tiles_u8, session_format(sess))
+    fl, ml = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+    return np.asarray(fl), np.asarray(ml)
+
+
 def write_golden(package: str | os.PathLike, files: dict[str, str], input_u8: np.ndarray) -> str:
     """Run every ONNX file ({precision: relative path}) on the golden tile; write PACKAGE/golden.npz."""
-    x = normalize(input_u8)
     arrays: dict[str, np.ndarray] = {"input_u8": input_u8}
     for precision, rel in files.items():
-        fl, ml = run_onnx(Path(package) / rel, x)
+        fl, ml = run_tiles(Path(package) / rel, input_u8)
         arrays[f"fake_logit__{precision}"] = fl.astype(np.float32)
         arrays[f"mask_logits__{precision}"] = ml.astype(np.float32)
     path = Path(package) / GOLDEN
@@ -130,7 +144,6 @@ def check_golden(package: str | os.PathLike, m: dict[str, Any], sessions: dict[s
         return [Problem(gpath.name, f"unreadable golden file ({type(e).__name__}: {e})")]
     if "input_u8" not in gold:
         return [Problem(gpath.name, "has no input_u8")]
-    x = normalize(gold["input_u8"])
     atol = {**DEFAULT_ATOL, **(g.get("atol") or {})}
     out: list[Problem] = []
     for f in onnx_files(m):
@@ -141,7 +154,7 @@ def check_golden(package: str | os.PathLike, m: dict[str, Any], sessions: dict[s
             out.append(Problem(rel, f"no golden outputs for precision {p}"))
             continue
         try:
-            fl, ml = run_onnx((sessions or {}).get(rel) or Path(package) / rel, x)
+            fl, ml = run_tiles((sessions or {}).get(rel) or Path(package) / rel, gold["input_u8"])
         except Exception as e:  # ORT raises its own types for corrupt graphs; name the file
             out.append(Problem(rel, f"onnxruntime could not run it ({type(e).__name__}: {str(e)[:200]})"))
             continue

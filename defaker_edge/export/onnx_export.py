@@ -81,8 +81,11 @@ def pin_io_shapes(path: str | os.PathLike, tile: int) -> Path:
     """
     import onnx
 
-    want = {INPUT_NAME: [3, tile, tile], OUTPUT_NAMES[0]: [], OUTPUT_NAMES[1]: [1, tile // 4, tile // 4]}
+    from ..runtime.tiling import FORMAT_KEY, input_shape
+
     m = onnx.load(str(path))
+    fmt = {p.key: p.value for p in m.metadata_props}.get(FORMAT_KEY)  # the raw-pixel CPU INT8 file's own input
+    want = {INPUT_NAME: list(input_shape(fmt, tile)), OUTPUT_NAMES[0]: [], OUTPUT_NAMES[1]: [1, tile // 4, tile // 4]}
     changed = False
     for vi in (*m.graph.input, *m.graph.output):
         dims = vi.type.tensor_type.shape.dim

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..artifacts import read_json, sha256_file, tool_versions, utc_now, write_json
 from ..errors import ArtifactError, DefakerError
-from ..runtime.tiling import MEAN, STD, TileSpec, normalize
+from ..runtime.tiling import MEAN, NORMALIZED, RAW_FILL, STD, TileSpec, input_dtype, input_shape, normalize
 from .manifest import (DEFAULT_ATOL, FORMAT, GOLDEN, INPUT_NAME, MANIFEST, ONNX_FILES, OUTPUT_NAMES, SCHEMA_VERSION,
                        Problem, check_files, check_schema, file_entry, onnx_files, read_manifest)
 
@@ -178,7 +178,7 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
                   data: str | os.PathLike | None = None, atol: float = 1e-3, rtol: float = 1e-3, n_random: int = 4,
                   seed: int = 0, simplify: bool = True, model_id: str | None = None, force: bool = False) -> Package:
     """Export `model` (the FP32 student) and the quantized variants into a verified package at `out`."""
-    from .golden import golden_input, real_tiles, run_onnx, write_golden
+    from .golden import golden_input, ort_session, real_tiles, run_onnx, run_tiles, session_format, write_golden
     from .onnx_export import check_onnx, export_onnx, io_signature, pin_io_shapes, simplify_onnx, validate_onnx
 
     out = Path(out)
@@ -214,8 +214,9 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
         bar.update()
         bar.set_description("validate vs torch")
         rng = np.random.default_rng(seed)
+        real_u8 = real_tiles(tile, data)
         inputs = {"random": rng.standard_normal((n_random, 3, tile, tile)).astype(np.float32),
-                  "real": normalize(real_tiles(tile, data))}
+                  "real": normalize(real_u8)}
         validation["export"] = validate_onnx(model, fp32, inputs, atol, rtol).to_json()
         bar.update()
         if simplify:
@@ -226,6 +227,7 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
             bar.update()
         sig = io_signature(fp32)
         files = {"fp32": ONNX_FILES["fp32"]}
+        input_formats: dict[str, str] = {}
         quant_manifests = []
         ref = run_onnx(fp32, inputs["real"])
         for p, src, qm in qinfo:
@@ -235,10 +237,13 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
             pin_io_shapes(dst, tile)  # same declared I/O as the FP32 file (a ViT export can leave dims symbolic)
             check_onnx(dst)
             qsig = io_signature(dst)
-            if qsig != sig:
-                raise ArtifactError(f"{src}: inputs/outputs {qsig} do not match the FP32 export {sig} (names "
+            qfmt = session_format(ort_session(dst))
+            want = {**sig, INPUT_NAME: [-1, *input_shape(qfmt, tile)]}  # a raw-pixel file has its own input
+            if qsig != want:
+                raise ArtifactError(f"{src}: inputs/outputs {qsig} do not match the FP32 export {want} (names "
                                     f"{INPUT_NAME}, {', '.join(OUTPUT_NAMES)}, tile {tile}, dynamic batch (-1) required)")
-            got = run_onnx(dst, inputs["real"])  # informative: how far quantization moved the outputs
+            input_formats[p] = qfmt
+            got = run_tiles(dst, real_u8)  # informative: how far quantization moved the outputs
             validation[f"vs_fp32_{p}"] = {n: {"max_abs": float(np.abs(g - r).max()), "mean_abs": float(np.abs(g - r).mean())}
                                           for n, g, r in zip(OUTPUT_NAMES, got, ref)}
             files[p] = ONNX_FILES[p]
@@ -260,7 +265,8 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
                       "color": "RGB", "scale": 1 / 255, "mean": mean, "std": std, "tile": tile,
                       "overlap": spec.overlap, "stride": spec.stride, "grid": spec.grid},
             "outputs": [{"name": "fake_logit", "shape": [-1]}, {"name": "mask_logits", "shape": [-1, 1, tile // 4, tile // 4]}],
-            "files": [file_entry(tmp, rel, p, "onnx", "fallback" if p == "fp32" else "accelerated") for p, rel in files.items()],
+            "files": [file_entry(tmp, rel, p, "onnx", "fallback" if p == "fp32" else "accelerated",
+                                 **_input_override(input_formats.get(p), tile)) for p, rel in files.items()],
             "thresholds": thresholds, "calibration": cal, "teacher": teacher, "metrics": metrics,
             "tools": tool_versions(),
             "golden": {"file": GOLDEN, "sha256": sha256_file(tmp / GOLDEN),
@@ -286,6 +292,14 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
     return Package(out, manifest, validation)
 
 
+def _input_override(fmt: str | None, tile: int) -> dict[str, Any]:
+    """A file entry's own input, for a file that does not take the package's (the raw-pixel CPU INT8 model)."""
+    if not fmt or fmt == NORMALIZED:
+        return {}
+    return {"input": {"format": fmt, "shape": [-1, *input_shape(fmt, tile)], "dtype": np.dtype(input_dtype(fmt)).name,
+                      "layout": "NHWC", "pad_fill": [int(v) for v in RAW_FILL]}}
+
+
 def export_package(cfg: ExportConfig) -> Package:
     """The stage's entry: load the student from `cfg.model` and write the package."""
     import torch
@@ -298,7 +312,7 @@ def export_package(cfg: ExportConfig) -> Package:
 
 
 def _check_onnx_io(package: Path, m: dict[str, Any]) -> tuple[list[Problem], dict[str, Any]]:
-    from .golden import ort_session
+    from .golden import ort_session, session_format
 
     want = {m["input"].get("name"): m["input"].get("shape"),
             **{o.get("name"): o.get("shape") for o in m["outputs"] if isinstance(o, dict)}}
@@ -315,8 +329,17 @@ def _check_onnx_io(package: Path, m: dict[str, Any]) -> tuple[list[Problem], dic
         sessions[rel] = sess
         got = {t.name: [d if isinstance(d, int) else -1 for d in t.shape]
                for t in (*sess.get_inputs(), *sess.get_outputs())}
-        if got != want:
-            probs.append(Problem(rel, f"inputs/outputs {got} do not match the manifest {want}"))
+        own = f.get("input") if isinstance(f.get("input"), dict) else {}
+        exp = {**want, m["input"].get("name"): own["shape"]} if own.get("shape") else want
+        if got != exp:
+            probs.append(Problem(rel, f"inputs/outputs {got} do not match the manifest {exp}"))
+        try:
+            fmt = session_format(sess)
+        except ValueError as e:
+            probs.append(Problem(rel, str(e)))
+            continue
+        if fmt != (own.get("format") or NORMALIZED):
+            probs.append(Problem(rel, f"takes input format {fmt}, the manifest says {own.get('format') or NORMALIZED}"))
     return probs, sessions
 
 

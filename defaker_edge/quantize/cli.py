@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="ONNX Runtime threads for the gate's evaluation (default: all)")
     p.add_argument("--bench-threads", type=int, default=1,
                    help="ONNX Runtime threads when timing int8-cpu against FP32 (default 1)")
+    p.add_argument("--float-input", action="store_true",
+                   help="int8-cpu: keep the normalized float input and its full-resolution front end in FP32 "
+                        "(default: uint8 pixels in, the front end in INT8 too; ~1.6x less time per tile here)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     p.set_defaults(func=run)
 
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = QuantConfig(precision=args.precision, out=args.out, exclude=list(args.exclude),
                       auto_exclude=args.auto_exclude, budget_auc=args.budget_auc, budget_f1=args.budget_f1,
                       data=args.data, split=args.split, force=args.force, calib_n=args.calib_n,
-                      threads=args.threads, bench_threads=args.bench_threads)
+                      threads=args.threads, bench_threads=args.bench_threads, raw_input=not args.float_input)
     res = quantize(args.model, args.calib, cfg)
     if args.json:
         print(json.dumps(res.manifest))

@@ -30,6 +30,9 @@ class QuantConfig:
     bench_tiles: int = 8  # tiles timed for the int8-cpu speed ratio (each run `repeats` times)
     threads: int | None = None  # ORT intra-op threads for evaluation (None: ORT's default)
     bench_threads: int = 1  # ORT threads for the int8-cpu speed ratio (1: stable on a shared CPU)
+    # int8-cpu: take uint8 pixels, the normalization folded into the front end, which is then INT8
+    # too (quantize.raw_input); off, or for a model without that front end, the classic float input
+    raw_input: bool = True
     # Test/experiment hook: called on the ModelOpt fake-quant model after calibration (before export),
     # e.g. to give one quantizer an absurd amax and check that the gate refuses the result.
     post_calibrate: Callable[[Any], None] | None = None

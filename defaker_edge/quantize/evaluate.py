@@ -19,6 +19,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# uint8 tiles [N, T, T, 3] -> (fake_logit [N], mask_logits [N, 1, T/4, T/4]); the runner prepares
+# the model's input itself, since the CPU INT8 model takes raw pixels (runtime.tiling.RAW_S2D)
 RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
@@ -36,29 +38,34 @@ def onnx_runner(path: str | os.PathLike, tile: int, threads: int | None = None) 
     from ..runtime.backends.onnxruntime import OrtBackend
 
     be = OrtBackend(path, precision="?", tile=tile, providers=["CPUExecutionProvider"], threads=threads)
-    return be.run
+    return be.run_tiles
 
 
 def torch_runner(model) -> RunFn:
     import torch
 
+    from ..runtime.tiling import normalize
+
     model.eval()
 
-    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            f, m = model(torch.from_numpy(np.ascontiguousarray(x)))
+            f, m = model(torch.from_numpy(normalize(tiles)))
         return f.float().reshape(-1).numpy(), m.float().numpy()
 
     return run
 
 
 def onnx_tile(path: str | os.PathLike) -> int:
-    """The static tile size of an ONNX file's input [N, 3, T, T]."""
+    """The static tile size of an ONNX file's input ([N, 3, T, T], or its raw-pixel format's shape)."""
     import onnx
+
+    from ..runtime.tiling import FORMAT_KEY, tile_of
 
     m = onnx.load(str(path), load_external_data=False)
     dims = m.graph.input[0].type.tensor_type.shape.dim
-    return int(dims[-1].dim_value)
+    fmt = {p.key: p.value for p in m.metadata_props}.get(FORMAT_KEY)
+    return tile_of(fmt, [d.dim_value for d in dims])
 
 
 def stitch(mask_logits: np.ndarray, origins: Sequence[tuple[int, int]], h: int, w: int, tile: int,
@@ -91,7 +98,7 @@ def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int = 6
 
     from ..data.io import load_image, load_mask
     from ..metrics import pixel_scores
-    from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, normalize, tile_origins
+    from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, tile_origins
 
     spec = TileSpec(tile=tile, overlap=overlap)
     out: list[ImagePred] = []
@@ -101,7 +108,7 @@ def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int = 6
         origins = tile_origins(h, w, spec)
         logits, mls = [], []
         for a in range(0, len(origins), batch):
-            f, m = run(normalize(cut_tiles(img, origins[a:a + batch], tile)))
+            f, m = run(cut_tiles(img, origins[a:a + batch], tile))
             logits.append(np.asarray(f, np.float32).reshape(-1))
             mls.append(np.asarray(m, np.float32))
         tl = np.concatenate(logits)

@@ -33,8 +33,11 @@ def _reader(calib: np.ndarray, input_name: str, batch: int):
 
 
 def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarray,
-                        exclude_nodes: list[str] | None = None, batch: int = 8) -> Path:
-    """Write OUT: S8 per-channel weights (7-bit range), U8 activations, QDQ, calibrated on `calib` [N,3,T,T]."""
+                        exclude_nodes: list[str] | None = None, batch: int = 8, raw_input: bool = False) -> Path:
+    """Write OUT: S8 per-channel weights (7-bit range), U8 activations, QDQ, calibrated on `calib`.
+
+    `calib`: normalized float32 [N,3,T,T]; with `raw_input`, uint8 tiles [N,T,T,3], and OUT takes
+    uint8 pixels (runtime.tiling.RAW_S2D; quantize.raw_input says why and how)."""
     import sys
 
     if any(m.startswith("modelopt.onnx") for m in sys.modules):
@@ -46,7 +49,8 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
             np.save(Path(tmp) / "calib.npy", calib)
             proc = mp.get_context("spawn").Process(
                 target=_quantize_from_file,
-                args=(str(fp32_onnx), str(out), str(Path(tmp) / "calib.npy"), list(exclude_nodes or []), batch))
+                args=(str(fp32_onnx), str(out), str(Path(tmp) / "calib.npy"), list(exclude_nodes or []), batch,
+                      raw_input))
             proc.start()
             proc.join()
             if proc.exitcode != 0 or not Path(out).is_file():
@@ -60,14 +64,26 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="defaker-ortq-") as tmp:
         pre = Path(tmp) / "pre.onnx"
+        extra: dict = {}
+        if raw_input:
+            from ..runtime.tiling import space_to_depth
+            from .raw_input import INPUT, fold_raw_input
+
+            fp32_onnx = fold_raw_input(fp32_onnx, Path(tmp) / "raw.onnx")
+            # the quantizer's view of the input: the raw pixels as float, channels first
+            calib = np.ascontiguousarray(space_to_depth(calib).transpose(0, 3, 1, 2), dtype=np.float32)
+            # scale 1, zero point 0: the U8 input is the pixel itself, nothing rounded
+            extra["TensorQuantOverrides"] = {INPUT: [{"scale": np.array(1.0, np.float32),
+                                                      "zero_point": np.array(0, np.uint8)}]}
         # ORT's recommended pre-pass: shape inference + graph optimization so Conv+BN etc. fold
         # before Q/DQ placement (otherwise BN stays a separate FP32 op between quantized convs).
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+        qout = Path(tmp) / "q.onnx" if raw_input else out
         root = logging.getLogger()
         level = root.level
         root.setLevel(max(level, logging.WARNING))  # ORT logs one INFO line per copied bias on the root logger
         try:
-            quantize_static(str(pre), str(out), _reader(calib, "image", batch),
+            quantize_static(str(pre), str(qout), _reader(calib, "image", batch),
                             quant_format=QuantFormat.QDQ, per_channel=True,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                             calibrate_method=CalibrationMethod.MinMax,
@@ -79,19 +95,29 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
                             # logits moved 16% more (mean abs. vs FP32) on such a CPU (2-core EPYC, AVX2). ORT's
                             # documented fix; ARM and VNNI kernels lose one bit of weight precision
                             nodes_to_exclude=list(exclude_nodes or []), reduce_range=True,
-                            calibration_providers=["CPUExecutionProvider"])
+                            calibration_providers=["CPUExecutionProvider"], extra_options=extra)
         finally:
             root.setLevel(level)
+        if raw_input:
+            from .raw_input import front_weight_error, uint8_input
+
+            err = front_weight_error(fp32_onnx, qout)
+            if err > 1e-6:
+                log.warning("the front conv's weights are rounded by INT8 (relative error %.2g): its filters "
+                            "are not the fixed residual taps", err)
+            uint8_input(qout, out)
     return out
 
 
-def _quantize_from_file(fp32_onnx: str, out: str, calib_npy: str, exclude_nodes: list[str], batch: int) -> None:
-    quantize_ort_static(fp32_onnx, out, np.load(calib_npy), exclude_nodes, batch)
+def _quantize_from_file(fp32_onnx: str, out: str, calib_npy: str, exclude_nodes: list[str], batch: int,
+                        raw_input: bool) -> None:
+    quantize_ort_static(fp32_onnx, out, np.load(calib_npy), exclude_nodes, batch, raw_input)
 
 
 def speed_ratio(fp32_onnx: str | Path, int8_onnx: str | Path, tiles: np.ndarray, *, repeats: int = 5,
                 threads: int | None = 1) -> dict:
-    """Time FP32 and INT8 ORT CPU sessions on the same tiles, batch 1, interleaved in one run.
+    """Time FP32 and INT8 ORT CPU sessions on the same uint8 tiles [N,T,T,3], batch 1, interleaved
+    in one run, each fed its own input format (runtime.tiling.prepare; not timed).
 
     Interleaving (fp32, int8, fp32, ...) means a noisy neighbour on a shared CPU slows both
     alike; the ratio uses per-tile medians. One thread by default: on a shared CPU a second thread
@@ -107,21 +133,24 @@ def speed_ratio(fp32_onnx: str | Path, int8_onnx: str | Path, tiles: np.ndarray,
         return ort.InferenceSession(str(p), sess_options=session_options(threads),
                                     providers=["CPUExecutionProvider"])
 
+    from ..runtime.backends.onnxruntime import input_format
+    from ..runtime.tiling import prepare
+
     s32, s8 = session(fp32_onnx), session(int8_onnx)
-    x = [np.ascontiguousarray(t[None]) for t in tiles]
+    xs = {id(s): [prepare(t[None], input_format(s)) for t in tiles] for s in (s32, s8)}
     for s in (s32, s8):  # warm-up: first runs allocate and pick kernels
-        for xi in x[:2]:
+        for xi in xs[id(s)][:2]:
             s.run(None, {"image": xi})
     t32, t8 = [], []
     for _ in range(repeats):
-        for xi in x:
+        for i in range(len(tiles)):
             for s, acc in ((s32, t32), (s8, t8)):
                 t0 = time.perf_counter()
-                s.run(None, {"image": xi})
+                s.run(None, {"image": xs[id(s)][i]})
                 acc.append((time.perf_counter() - t0) * 1e3)
     m32, m8 = statistics.median(t32), statistics.median(t8)
-    return {"fp32_ms": m32, "int8_ms": m8, "ratio": m32 / m8, "tiles": len(x), "repeats": repeats,
-            "tile": int(tiles.shape[-1]), "batch": 1, "threads": threads, "provider": "CPUExecutionProvider"}
+    return {"fp32_ms": m32, "int8_ms": m8, "ratio": m32 / m8, "tiles": len(tiles), "repeats": repeats,
+            "tile": int(tiles.shape[1]), "batch": 1, "threads": threads, "provider": "CPUExecutionProvider"}
 
 
 def image_readers(onnx_path: str | Path) -> list[str]:

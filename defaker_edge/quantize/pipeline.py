@@ -47,6 +47,15 @@ def _plain_layers(model) -> list[str]:
     return [n for n, m in model.named_modules() if type(m).__name__ in _LAYER_TYPES]
 
 
+def _input_format(onnx_path: Path) -> str:
+    import onnx
+
+    from ..runtime.tiling import FORMAT_KEY, NORMALIZED
+
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in m.metadata_props}.get(FORMAT_KEY, NORMALIZED)
+
+
 def _prepare_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         man = out / "manifest.json"
@@ -57,8 +66,10 @@ def _prepare_out(out: Path) -> None:
 class _Builder:
     """Builds the quantized ONNX for a set of FP32-kept layers, sharing one calibration."""
 
-    def __init__(self, model, calib: np.ndarray, cfg: QuantConfig, tile: int, work: Path, fp32_onnx: Path):
+    def __init__(self, model, calib: np.ndarray, cfg: QuantConfig, tile: int, work: Path, fp32_onnx: Path,
+                 calib_u8: np.ndarray | None = None, raw_input: bool = False):
         self.model, self.calib, self.cfg, self.tile, self.work, self.fp32_onnx = model, calib, cfg, tile, work, fp32_onnx
+        self.calib_u8, self.raw_input = calib_u8, raw_input
         self._qmodel = None
         self.cpu_fp32_nodes: list[str] = []
 
@@ -102,11 +113,13 @@ class _Builder:
         else:
             from .ort_static import image_readers, output_nodes, quantize_ort_static
 
-            # the ops on the raw image and those that produce the outputs stay FP32 on CPUs (see
-            # image_readers, output_nodes)
-            self.cpu_fp32_nodes = image_readers(self.fp32_onnx) + output_nodes(self.fp32_onnx)
-            quantize_ort_static(self.fp32_onnx, path, self.calib, sorted(set(nodes) | set(self.cpu_fp32_nodes)),
-                                batch=self.cfg.batch)
+            # the ops that produce the outputs stay FP32 on CPUs (output_nodes), and so do those on
+            # the normalized image (image_readers); on raw pixels the front end quantizes exactly
+            readers = [] if self.raw_input else image_readers(self.fp32_onnx)
+            self.cpu_fp32_nodes = readers + output_nodes(self.fp32_onnx)
+            quantize_ort_static(self.fp32_onnx, path, self.calib_u8 if self.raw_input else self.calib,
+                                sorted(set(nodes) | set(self.cpu_fp32_nodes)), batch=self.cfg.batch,
+                                raw_input=self.raw_input)
         return path, nodes
 
 
@@ -153,14 +166,23 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
             return metrics_of(preds)["overall"]
 
         fp32_m = score(fp32_onnx, "fp32") if samples else {}
-        builder = _Builder(net, calib, cfg, tile, work, fp32_onnx)
+        raw = False
+        if cfg.precision == "int8-cpu" and cfg.raw_input:
+            from .raw_input import unsupported
+
+            why = unsupported(fp32_onnx)
+            raw = why is None
+            if why:
+                log.info("int8-cpu keeps the normalized float input: %s", why)
+        builder = _Builder(net, calib, cfg, tile, work, fp32_onnx, calib_u8=cs.tiles[order], raw_input=raw)
         layers = builder.layers()  # walks the calibrated model once
         excluded = matching(layers, cfg.exclude)
         if cfg.exclude and not excluded:
             log.warning("--exclude %s matched no quantized layer", cfg.exclude)
         # layers the model itself marks full-precision (fixed forensic filters that read sub-grey-level
         # residuals of the raw image: quantizing their input would round the signal away)
-        fixed = [n for n in getattr(net, "full_precision_layers", lambda: [])() if n in layers]
+        # (not on raw pixels: a uint8 pixel quantizes exactly, see quantize.raw_input)
+        fixed = [] if raw else [n for n in getattr(net, "full_precision_layers", lambda: [])() if n in layers]
         excluded += [n for n in fixed if n not in excluded]
         attempts: list[dict] = []
 
@@ -205,7 +227,7 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
         if cfg.precision == "int8-cpu":
             from .ort_static import speed_ratio
 
-            speed = speed_ratio(fp32_onnx, qpath, calib[:cfg.bench_tiles], threads=cfg.bench_threads)
+            speed = speed_ratio(fp32_onnx, qpath, cs.tiles[order[:cfg.bench_tiles]], threads=cfg.bench_threads)
             log.info("int8-cpu vs fp32 (ORT CPU, batch 1, %d px): %.2fx (%.1f ms vs %.1f ms)", tile,
                      speed["ratio"], speed["int8_ms"], speed["fp32_ms"])
 
@@ -223,6 +245,7 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
             "excluded_layers": excluded,
             "excluded_nodes": nodes,
             "cpu_fp32_nodes": builder.cpu_fp32_nodes,
+            "input_format": _input_format(final / "model.onnx"),
             "sensitivity": [{"layer": n, "score": s} for n, s in ranking],
             "metrics": {"fp32": fp32_m, cfg.precision: q_m} if samples else {},
             "deltas": d,

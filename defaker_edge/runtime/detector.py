@@ -312,9 +312,8 @@ class Detector:
                 be = OrtBackend(pkg.path_of(c.entry), c.precision, pkg.tile, providers=providers,
                                 input_name=pkg.input_name, threads=threads)
         if golden is not None:
-            x = tiling.normalize(golden.input_u8)
             try:
-                fake, mask = be.run(x)
+                fake, mask = be.run_tiles(golden.input_u8)
             except Exception as e:  # a backend that cannot run its own golden input is broken
                 be.close()
                 raise BackendUnavailable(f"golden self-test: {type(e).__name__}: {e}") from None
@@ -377,7 +376,8 @@ class Detector:
         T = self.spec.tile
         B = min(self.batch_size, backend.max_batch or self.batch_size)
         W = self.workers if backend.concurrent and self._pool is not None else 1
-        bufs = [np.empty((B, 3, T, T), dtype=np.float32) for _ in range(W)]
+        fmt = backend.input_format
+        bufs = [tiling.input_buffer(fmt, B, T) for _ in range(W)]
         cur = 0
         refs: list[tuple[_Job, int]] = []
         pending: deque[tuple[Any, list[tuple[_Job, int]]]] = deque()
@@ -438,7 +438,7 @@ class Detector:
                     continue
                 k = len(refs)
                 tp = time.perf_counter()
-                self._prepare(job.img, job.origins[i:i + take], bufs[cur][k:k + take])
+                self._prepare(job.img, job.origins[i:i + take], bufs[cur][k:k + take], fmt)
                 job.prep_ms += (time.perf_counter() - tp) * 1e3
                 refs.extend((job, j) for j in range(i, i + take))
                 i += take
@@ -456,16 +456,17 @@ class Detector:
         while inflight:
             yield inflight.popleft()
 
-    def _prepare(self, img: np.ndarray, origins: list[tuple[int, int]], out: np.ndarray) -> None:
-        """Cut `origins` from img and normalize them into `out` [n, 3, T, T], in parallel when it pays."""
+    def _prepare(self, img: np.ndarray, origins: list[tuple[int, int]], out: np.ndarray, fmt: str) -> None:
+        """Cut `origins` from img into `out` as the backend's input (`fmt`: normalized float, or the
+        INT8-CPU model's raw pixels), in parallel when it pays."""
         T = self.spec.tile
         n = len(origins)
         if self._prep is None or n < 2:
-            tiling.normalize(tiling.cut_tiles(img, origins, T), out=out)
+            tiling.prepare(tiling.cut_tiles(img, origins, T), fmt, out=out)
             return
         parts = min(n, self._prep_n)
         bounds = [round(j * n / parts) for j in range(parts + 1)]
-        futs = [self._prep.submit(lambda a, b: tiling.normalize(tiling.cut_tiles(img, origins[a:b], T), out=out[a:b]),
+        futs = [self._prep.submit(lambda a, b: tiling.prepare(tiling.cut_tiles(img, origins[a:b], T), fmt, out=out[a:b]),
                                   bounds[j], bounds[j + 1]) for j in range(parts)]
         for f in futs:
             f.result()

@@ -88,6 +88,76 @@ def normalize(tiles: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+# ---------------------------------------------------------------- model input formats
+# A model file says which input it takes in its ONNX metadata (FORMAT_KEY); a file without one
+# takes NORMALIZED, the contract's input (DESIGN §4).
+FORMAT_KEY = "defaker.input_format"
+NORMALIZED = "f32-nchw"  # float32 [N, 3, T, T], (x/255 - mean) / std
+# uint8 [N, T/2+1, T/2+1, 12]: the tile padded by 1 px with RAW_FILL, then 2x2 space-to-depth,
+# channel (dy*2 + dx)*3 + c holding pixel (2i+dy, 2j+dx) of colour c. The raw pixels, nothing
+# rounded: the CPU INT8 model's input, with the normalization folded into its first conv
+# (quantize.raw_input says why this layout)
+RAW_S2D = "u8-s2d2"
+INPUT_FORMATS = (NORMALIZED, RAW_S2D)
+# the mean colour rounded to a pixel value: RAW_S2D's padding stands in for the normalized
+# input's zero padding (the exact mean), at most 0.47 grey levels off, on the pad ring only
+RAW_FILL = np.rint(np.asarray(MEAN) * 255).astype(np.uint8)
+
+
+def check_format(fmt: str | None) -> str:
+    """`fmt`, or NORMALIZED for None/""; ValueError for a format this runtime does not know."""
+    fmt = fmt or NORMALIZED
+    if fmt not in INPUT_FORMATS:
+        raise ValueError(f"unknown model input format {fmt!r} (this runtime knows {', '.join(INPUT_FORMATS)}): "
+                         "the package is newer than the runtime")
+    return fmt
+
+
+def input_shape(fmt: str, tile: int) -> tuple[int, int, int]:
+    """The model input's shape without the batch dim."""
+    if check_format(fmt) == RAW_S2D:
+        return (tile // 2 + 1, tile // 2 + 1, 12)
+    return (3, tile, tile)
+
+
+def input_dtype(fmt: str) -> type:
+    return np.uint8 if check_format(fmt) == RAW_S2D else np.float32
+
+
+def tile_of(fmt: str, dims: list[int] | tuple[int, ...]) -> int:
+    """The tile size from a model input's declared dims (batch first): the inverse of input_shape."""
+    return (int(dims[1]) - 1) * 2 if check_format(fmt) == RAW_S2D else int(dims[-1])
+
+
+def space_to_depth(tiles: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [N, T, T, 3] -> RAW_S2D uint8 [N, T/2+1, T/2+1, 12] (see RAW_S2D)."""
+    n, t = tiles.shape[:2]
+    if t % 2 or tiles.shape[2] != t:
+        raise ValueError(f"space_to_depth needs square tiles of even size, got {tiles.shape[1:3]}")
+    h = t // 2 + 1
+    if out is None:
+        out = np.empty((n, h, h, 12), dtype=np.uint8)
+    pad = np.empty((n, t + 2, t + 2, 3), dtype=np.uint8)
+    pad[:, 1:-1, 1:-1] = tiles
+    pad[:, 0] = pad[:, -1] = RAW_FILL
+    pad[:, :, 0] = pad[:, :, -1] = RAW_FILL
+    # one strided copy: the (dy, dx, c) order keeps 6-byte runs contiguous (2x faster than c first)
+    out.reshape(n, h, h, 2, 2, 3)[:] = pad.reshape(n, h, 2, h, 2, 3).transpose(0, 1, 3, 2, 4, 5)
+    return out
+
+
+def input_buffer(fmt: str, n: int, tile: int) -> np.ndarray:
+    """An empty batch buffer of `n` model inputs in `fmt`."""
+    return np.empty((n, *input_shape(fmt, tile)), dtype=input_dtype(fmt))
+
+
+def prepare(tiles: np.ndarray, fmt: str = NORMALIZED, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 tiles [N, T, T, 3] -> the model input in `fmt` (written into `out` if given)."""
+    if check_format(fmt) == RAW_S2D:
+        return space_to_depth(tiles, out)
+    return normalize(tiles, out)
+
+
 def aggregate_logits(tile_logits: np.ndarray) -> float:
     """One image logit from its tiles' logits: the maximum.
 

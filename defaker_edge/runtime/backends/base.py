@@ -1,7 +1,8 @@
 """The one interface every backend implements (TensorRT, ONNX Runtime, PyTorch).
 
-A backend takes a normalized batch float32 [N, 3, T, T] and returns float32 (fake_logit [N],
-mask_logits [N, 1, T/4, T/4]). It says what it is (`name`), at which precision it runs
+A backend takes a batch in its `input_format` (tiling.prepare makes it from uint8 tiles; the
+contract's normalized float32 [N, 3, T, T] unless the model file says otherwise) and returns
+float32 (fake_logit [N], mask_logits [N, 1, T/4, T/4]). It says what it is (`name`), at which precision it runs
 (`precision`) and which provider actually executed it (`provider`): ORT, for one, falls back to
 the CPU silently, so the caller must be told rather than assume.
 """
@@ -13,6 +14,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ...errors import DefakerError
+from .. import tiling
 
 
 class BackendUnavailable(DefakerError):
@@ -31,10 +33,16 @@ class Backend(ABC):
     # run() may be called from several threads at once (ORT sessions on the CPU: each Run uses its
     # own intra-op threads); TensorRT's one execution context and fixed device buffers may not
     concurrent: bool = False
+    # what run() takes (runtime.tiling: NORMALIZED, or RAW_S2D for the CPU INT8 model on raw pixels)
+    input_format: str = tiling.NORMALIZED
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """float32 [N,3,T,T] -> (fake_logit float32 [N], mask_logits float32 [N,1,T/4,T/4])."""
+        """A batch in input_format -> (fake_logit float32 [N], mask_logits float32 [N,1,T/4,T/4])."""
+
+    def run_tiles(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 tiles [N,T,T,3] -> run() on them in this backend's input format."""
+        return self.run(tiling.prepare(tiles, self.input_format))
 
     def close(self) -> None:  # release device memory; a no-op for host backends
         pass

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .. import tiling
 from .base import Backend, BackendUnavailable, check_outputs
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,12 @@ def session_options(threads: int | None = None):
     return opts
 
 
+def input_format(session) -> str:
+    """An ORT session's model input format: tiling.FORMAT_KEY in the model's metadata, else NORMALIZED.
+    ValueError for a format this runtime does not know."""
+    return tiling.check_format(session.get_modelmeta().custom_metadata_map.get(tiling.FORMAT_KEY))
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
 
@@ -98,6 +105,11 @@ class OrtBackend(Backend):
         if len(inputs) != 1:
             raise BackendUnavailable(f"{self.path.name}: expected one input, found {len(inputs)}")
         self.input_name = inputs[0].name
+        try:
+            self.input_format = input_format(self.session)
+        except ValueError as e:
+            raise BackendUnavailable(f"{self.path.name}: {e}") from None
+        self._dtype = tiling.input_dtype(self.input_format)
         if input_name and input_name != self.input_name:
             log.warning("%s: input is named %r, the manifest says %r", self.path.name, self.input_name, input_name)
         outs = [o.name for o in self.session.get_outputs()]
@@ -107,6 +119,6 @@ class OrtBackend(Backend):
             raise BackendUnavailable(f"{self.path.name}: expected outputs fake_logit and mask_logits, found {outs}")
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(batch, dtype=np.float32)
+        x = np.ascontiguousarray(batch, dtype=self._dtype)
         fake, mask = self.session.run(self.outputs, {self.input_name: x})
         return check_outputs(fake, mask, x.shape[0], self.tile)

@@ -1,0 +1,129 @@
+"""The CPU INT8 model on raw pixels (quantize.raw_input, runtime.tiling.RAW_S2D)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defaker_edge.runtime import tiling
+
+T = 64
+
+
+def _tiles(n: int = 4, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, 256, (n, T, T, 3), dtype=np.uint8)
+    t[0, :8] = 0  # the extremes: black and white rows
+    t[0, 8:16] = 255
+    t[1] = np.clip(120 + rng.normal(0, 2, (T, T, 3)), 0, 255).astype(np.uint8)  # flat, faint noise: the traces
+    return t
+
+
+def test_space_to_depth_layout():
+    t = _tiles()
+    s = tiling.space_to_depth(t)
+    assert s.shape == (4, T // 2 + 1, T // 2 + 1, 12) and s.dtype == np.uint8
+    pad = np.empty((4, T + 2, T + 2, 3), np.uint8)
+    pad[:] = tiling.RAW_FILL
+    pad[:, 1:-1, 1:-1] = t
+    for dy in range(2):
+        for dx in range(2):
+            for c in range(3):
+                np.testing.assert_array_equal(s[..., (dy * 2 + dx) * 3 + c], pad[:, dy::2, dx::2, c])
+    assert tiling.tile_of(tiling.RAW_S2D, [-1, *tiling.input_shape(tiling.RAW_S2D, T)]) == T
+    assert tiling.prepare(t, tiling.RAW_S2D).dtype == np.uint8
+    assert tiling.prepare(t).dtype == np.float32
+    with pytest.raises(ValueError, match="unknown model input format"):
+        tiling.prepare(t, "u4-magic")
+
+
+def _block_onnx(tmp_path, seed: int = 0):
+    import torch
+
+    from defaker_edge.export.onnx_export import export_onnx
+    from defaker_edge.student import StudentConfig, build_student
+
+    torch.manual_seed(seed)
+    cfg = StudentConfig.from_preset("block-s", tile=T)
+    m = build_student(cfg).eval()
+    with torch.no_grad():  # BN statistics off their init, so the stem's weights matter
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2)
+    return export_onnx(m, T, tmp_path / "fp32.onnx")
+
+
+def _ort(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_fold_is_the_same_function(tmp_path):
+    """Folded normalization + space-to-depth compute the FP32 model's outputs; only the pad ring's
+    rounding of the mean colour (<= 0.47 grey levels) separates them."""
+    from defaker_edge.quantize.raw_input import fold_raw_input, unsupported
+
+    fp32 = _block_onnx(tmp_path)
+    assert unsupported(fp32) is None
+    raw = fold_raw_input(fp32, tmp_path / "raw.onnx")
+    t = _tiles()
+    f0, m0 = _ort(fp32).run(None, {"image": tiling.normalize(t)})
+    x = np.ascontiguousarray(tiling.space_to_depth(t).transpose(0, 3, 1, 2), dtype=np.float32)
+    f1, m1 = _ort(raw).run(None, {"image": x})
+    scale = float(np.abs(m0).max())
+    assert np.abs(f0 - f1).max() < 2e-3 * max(1.0, float(np.abs(f0).max()))
+    # the ring's difference spreads through the small net's receptive field, but stays tiny
+    assert np.abs(m0 - m1).mean() < 1e-3 * scale and np.abs(m0 - m1).max() < 1e-2 * scale
+
+
+def test_raw_int8_cpu_model(tmp_path):
+    """quantize_ort_static(raw_input=True): uint8 NHWC input, the front conv INT8 with its taps exact,
+    no QuantizeLinear on the input, and outputs near FP32's through the runtime's backend."""
+    import onnx
+
+    from defaker_edge.quantize.ort_static import quantize_ort_static
+    from defaker_edge.quantize.raw_input import fold_raw_input, front_weight_error
+    from defaker_edge.runtime.backends.onnxruntime import OrtBackend
+
+    fp32 = _block_onnx(tmp_path)
+    calib = np.concatenate([_tiles(4, s) for s in range(4)])
+    q = quantize_ort_static(fp32, tmp_path / "q.onnx", calib, batch=4, raw_input=True)
+    m = onnx.load(str(q))
+    assert {p.key: p.value for p in m.metadata_props}[tiling.FORMAT_KEY] == tiling.RAW_S2D
+    inp = m.graph.input[0].type.tensor_type
+    assert inp.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in inp.shape.dim][1:] == [T // 2 + 1, T // 2 + 1, 12]
+    assert not any(n.op_type == "QuantizeLinear" and "image" in n.input for n in m.graph.node)
+    producers = {o: n for n in m.graph.node for o in n.output}
+    front = next(n for n in m.graph.node if n.op_type == "Conv" and n.name.startswith("/front"))
+    assert producers[front.input[1]].op_type == "DequantizeLinear"  # the front end is INT8 now
+    assert front_weight_error(fold_raw_input(fp32, tmp_path / "raw.onnx"), q) == 0.0
+
+    be, ref = OrtBackend(q, "int8-cpu", T), OrtBackend(fp32, "fp32", T)
+    assert be.input_format == tiling.RAW_S2D and ref.input_format == tiling.NORMALIZED
+    t = _tiles(4, 9)
+    f8, m8 = be.run_tiles(t)
+    f32, m32 = ref.run_tiles(t)
+    assert m8.shape == m32.shape == (4, 1, T // 4, T // 4)
+    # INT8 moves the outputs a little; a wrong fold or layout would scramble them
+    assert np.corrcoef(m8.ravel(), m32.ravel())[0, 1] > 0.98
+    assert np.abs(f8 - f32).max() < 0.1 * max(1.0, float(np.abs(f32).max()))
+
+
+def test_unsupported_model_keeps_float_input(tmp_path):
+    """A student without the residual front end (the compact arch) is not rewritten, and says why."""
+    import torch
+
+    from defaker_edge.export.onnx_export import export_onnx
+    from defaker_edge.quantize.raw_input import Unsupported, fold_raw_input, unsupported
+    from defaker_edge.student import StudentConfig, build_student
+
+    torch.manual_seed(0)
+    m = build_student(StudentConfig.from_preset("compact-s", tile=T)).eval()
+    p = export_onnx(m, T, tmp_path / "c.onnx")
+    why = unsupported(p)
+    assert why and "Conv" in why or "conv" in why
+    with pytest.raises(Unsupported):
+        fold_raw_input(p, tmp_path / "x.onnx")
