@@ -127,3 +127,52 @@ def test_unsupported_model_keeps_float_input(tmp_path):
     assert why and "Conv" in why or "conv" in why
     with pytest.raises(Unsupported):
         fold_raw_input(p, tmp_path / "x.onnx")
+
+
+def test_package_with_a_raw_int8_cpu_file(tmp_path):
+    """export -> package verify -> Detector: the raw-pixel file's manifest entry names its own input,
+    its golden outputs match, the Detector answers with it, and a manifest that hides the format is caught."""
+    import json
+    import shutil
+
+    from defaker_edge.artifacts import sha256_file, write_json
+    from defaker_edge.export import verify_package, write_package
+    from defaker_edge.quantize.ort_static import quantize_ort_static
+    from defaker_edge.runtime import Detector
+    from defaker_edge.student import StudentConfig, build_student, save_student
+
+    import torch
+
+    torch.manual_seed(0)
+    cfg = StudentConfig.from_preset("block-s", tile=T)
+    model = build_student(cfg).eval()
+    sdir = save_student(model, cfg, tmp_path / "S")
+    fp32 = _block_onnx(tmp_path)
+    q = tmp_path / "Q"
+    q.mkdir()
+    quantize_ort_static(fp32, q / "model.onnx", np.concatenate([_tiles(4, s) for s in range(2)]), batch=4,
+                        raw_input=True)
+    write_json(q / "manifest.json", {"precision": "int8-cpu", "source_model": {"sha256": sha256_file(sdir / "model.safetensors")},
+                                     "calibration": {"sha256": "cd" * 32, "n": 8}, "metrics": {}, "deltas": {},
+                                     "gate": {"passed": True}})
+    # a different random init from the one quantized: export takes the student; the file is checked by its own golden
+    pkg = write_package(model, cfg, tmp_path / "P", model_dir=sdir, quantized=[q])
+    entry = next(f for f in pkg.manifest["files"] if f["precision"] == "int8-cpu")
+    assert entry["input"]["format"] == tiling.RAW_S2D and entry["input"]["shape"] == [-1, T // 2 + 1, T // 2 + 1, 12]
+    assert verify_package(pkg.path).ok
+    det = Detector.load(str(pkg.path), precision="int8-cpu", fallback="never")
+    assert det.backend.precision == "int8-cpu" and det.backend.input_format == tiling.RAW_S2D
+    img = np.random.default_rng(3).integers(0, 256, (100, 90, 3), dtype=np.uint8)
+    v = det.check(img)
+    assert v.precision == "int8-cpu" and v.fallback is None and 0.0 <= v.fake_prob <= 1.0
+    assert v.mask.shape == (100, 90)
+    det.close()
+    # the same package, its manifest no longer saying the file takes raw pixels
+    bad = tmp_path / "bad"
+    shutil.copytree(pkg.path, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    for f in m["files"]:
+        f.pop("input", None)
+    (bad / "manifest.json").write_text(json.dumps(m))
+    rep = verify_package(bad)
+    assert not rep.ok and any("model_int8_cpu.onnx" in str(p) for p in rep.problems)

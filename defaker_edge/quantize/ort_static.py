@@ -157,7 +157,8 @@ def image_readers(onnx_path: str | Path) -> list[str]:
     """Nodes that read the model's input image directly: the stem convs (SRM / RGB / JPEG-block, or
     the residual front end's conv) and anything else on the raw image (a Concat beside them).
 
-    Why they stay FP32 on the CPU path:
+    Why they stay FP32 on the CPU path with a normalized float input (--float-input, or a model
+    without the residual front end; on raw pixels, quantize.raw_input, the front end is INT8 exactly):
     - precision: U8 quantisation of the normalised image has a step of (range / 255), about 1.07
       grey levels here, so it rounds away the 0.5-3 grey-level noise residuals these filters exist
       to read; every later activation is already a learned feature and quantises well. Every

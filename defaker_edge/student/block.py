@@ -194,9 +194,11 @@ class BlockStudent(nn.Module):
         return self.cls(pooled).squeeze(1), mask
 
     def full_precision_layers(self) -> list[str]:
-        """Layers the quantize stage keeps in full precision: the fixed residual filters read the raw
-        image, and INT8 input quantization (a step of ~1.2 grey levels) would round away the 0.5-3
-        grey-level traces they exist for. Their output is clipped to [-1, 1] and quantizes well."""
+        """Layers the quantize stage keeps in full precision: the fixed residual filters read the
+        normalized image, and INT8 quantization of it (a step of ~1.2 grey levels) would round away
+        the 0.5-3 grey-level traces they exist for. Their output is clipped to [-1, 1] and quantizes
+        well. (The CPU INT8 path instead feeds them raw uint8 pixels, which quantize exactly:
+        quantize.raw_input.)"""
         return ["front.conv"] if self.front is not None else []
 
     # ---- pruning interface (see spec.py) ----
