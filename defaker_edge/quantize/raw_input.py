@@ -4,11 +4,12 @@ quantizes exactly, and the model's input becomes uint8 (runtime.tiling.RAW_S2D).
 Why: with a normalized float input, the block student's full-resolution front end (3x3 residual
 filters, then a clip) had to stay FP32, because U8 quantization of a normalized image has a
 step of ~1.07 grey levels and rounds away the 0.5-3 grey-level traces the filters read. That
-front end, its output's quantization and ORT's NCHW->NHWC reorder were ~70% of an INT8 tile's
+front end, its output's quantization and ORT's NCHW->NHWC reorder were two thirds of an INT8 tile's
 time (2-core EPYC, batch 8, 2 threads: 3.5 + 1.5 + 1.6 of ~10 ms), so INT8 ran only ~1.3x FP32.
 A uint8 pixel is already an integer: with the input's scale 1 and zero point 0, quantizing it
 rounds nothing; the filters' taps are +-2^k multiples of one scale per output channel, which
-7-bit weights hold exactly (checked below); and the clip becomes the output's saturation.
+7-bit weights hold exactly (front_weight_error checks it at quantize time); and the clip
+becomes the output's saturation.
 
 The rewrite, FP32 ONNX -> FP32 ONNX with the same function except on the pad ring:
 1. fold: the front conv reads pixels p in [0, 255]: w' = w / (255 std_c), bias' = sum(w) (-mean_c / std_c);
