@@ -176,3 +176,19 @@ def test_package_with_a_raw_int8_cpu_file(tmp_path):
     (bad / "manifest.json").write_text(json.dumps(m))
     rep = verify_package(bad)
     assert not rep.ok and any("model_int8_cpu.onnx" in str(p) for p in rep.problems)
+
+
+def test_a_file_in_an_unknown_input_format_is_refused_clearly(tmp_path):
+    """A model file from a newer exporter (an input format this runtime does not know) is not run on
+    the wrong input: the backend refuses it by name, so the Detector falls back or says why."""
+    import onnx
+
+    from defaker_edge.runtime.backends.base import BackendUnavailable
+    from defaker_edge.runtime.backends.onnxruntime import OrtBackend
+
+    p = _block_onnx(tmp_path)
+    m = onnx.load(str(p))
+    m.metadata_props.add(key=tiling.FORMAT_KEY, value="u4-magic")
+    onnx.save(m, str(tmp_path / "new.onnx"))
+    with pytest.raises(BackendUnavailable, match="unknown model input format 'u4-magic'"):
+        OrtBackend(tmp_path / "new.onnx", "int8-cpu", T)
