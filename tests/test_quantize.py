@@ -289,6 +289,7 @@ def test_int8_cpu_takes_raw_pixels_by_default(calib, small_val, tmp_path):
     res = quantize(str(sdir), calib, cfg)
     man = res.manifest
     assert man["input_format"] == tiling.RAW_S2D and "front.conv" not in man["excluded_layers"]
+    assert man["front_weight_error"] == 0.0  # the residual taps survive 7-bit weights exactly
     assert "/front/conv/Conv" not in man["cpu_fp32_nodes"] and man["gate"]["passed"] is True
     assert man["speed"]["ratio"] > 0 and onnx_tile(res.onnx) == T
     g = onnx.load(str(res.onnx)).graph

@@ -36,6 +36,7 @@ class Wrap(Backend):
     def __init__(self, inner, mode=None):
         self.inner, self.mode, self.sizes = inner, mode, []
         self.name, self.precision, self.provider = inner.name, inner.precision, inner.provider
+        self.input_format = inner.input_format
 
     def run(self, batch):
         self.sizes.append(batch.shape[0])

@@ -18,7 +18,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def _reader(calib: np.ndarray, input_name: str, batch: int):
+def _reader(calib: np.ndarray, input_name: str, batch: int, convert=None):
+    """Batches of `calib` (through `convert`, one batch at a time: the raw path's float copy of the
+    tiles would be 4x the uint8 set)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
@@ -27,9 +29,19 @@ def _reader(calib: np.ndarray, input_name: str, batch: int):
 
         def get_next(self):
             a = next(self._it, None)
-            return None if a is None else {input_name: calib[a:a + batch]}
+            if a is None:
+                return None
+            x = calib[a:a + batch]
+            return {input_name: convert(x) if convert else x}
 
     return _Reader()
+
+
+def _raw_batch(tiles: np.ndarray) -> np.ndarray:
+    """uint8 tiles -> the folded FP32 model's input: RAW_S2D's pixels as float, channels first."""
+    from ..runtime.tiling import space_to_depth
+
+    return np.ascontiguousarray(space_to_depth(tiles).transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarray,
@@ -66,12 +78,9 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
         pre = Path(tmp) / "pre.onnx"
         extra: dict = {}
         if raw_input:
-            from ..runtime.tiling import space_to_depth
             from .raw_input import INPUT, fold_raw_input
 
             fp32_onnx = fold_raw_input(fp32_onnx, Path(tmp) / "raw.onnx")
-            # the quantizer's view of the input: the raw pixels as float, channels first
-            calib = np.ascontiguousarray(space_to_depth(calib).transpose(0, 3, 1, 2), dtype=np.float32)
             # scale 1, zero point 0: the U8 input is the pixel itself, nothing rounded
             extra["TensorQuantOverrides"] = {INPUT: [{"scale": np.array(1.0, np.float32),
                                                       "zero_point": np.array(0, np.uint8)}]}
@@ -83,7 +92,7 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
         level = root.level
         root.setLevel(max(level, logging.WARNING))  # ORT logs one INFO line per copied bias on the root logger
         try:
-            quantize_static(str(pre), str(qout), _reader(calib, "image", batch),
+            quantize_static(str(pre), str(qout), _reader(calib, "image", batch, _raw_batch if raw_input else None),
                             quant_format=QuantFormat.QDQ, per_channel=True,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                             calibrate_method=CalibrationMethod.MinMax,
@@ -99,13 +108,13 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
         finally:
             root.setLevel(level)
         if raw_input:
-            from .raw_input import front_weight_error, uint8_input
+            from .raw_input import WEIGHT_ERROR_KEY, front_weight_error, uint8_input
 
             err = front_weight_error(fp32_onnx, qout)
             if err > 1e-6:
                 log.warning("the front conv's weights are rounded by INT8 (relative error %.2g): its filters "
                             "are not the fixed residual taps", err)
-            uint8_input(qout, out)
+            uint8_input(qout, out, {WEIGHT_ERROR_KEY: repr(err)})
     return out
 
 

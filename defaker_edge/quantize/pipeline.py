@@ -47,13 +47,18 @@ def _plain_layers(model) -> list[str]:
     return [n for n, m in model.named_modules() if type(m).__name__ in _LAYER_TYPES]
 
 
-def _input_format(onnx_path: Path) -> str:
+def _raw_input_record(onnx_path: Path) -> dict[str, Any]:
+    """The manifest's input_format (and, on raw pixels, the front conv's weight error) from the file."""
     import onnx
 
     from ..runtime.tiling import FORMAT_KEY, NORMALIZED
+    from .raw_input import WEIGHT_ERROR_KEY
 
-    m = onnx.load(str(onnx_path), load_external_data=False)
-    return {p.key: p.value for p in m.metadata_props}.get(FORMAT_KEY, NORMALIZED)
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    out: dict[str, Any] = {"input_format": meta.get(FORMAT_KEY, NORMALIZED)}
+    if WEIGHT_ERROR_KEY in meta:
+        out["front_weight_error"] = float(meta[WEIGHT_ERROR_KEY])
+    return out
 
 
 def _prepare_out(out: Path) -> None:
@@ -174,7 +179,8 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
             raw = why is None
             if why:
                 log.info("int8-cpu keeps the normalized float input: %s", why)
-        builder = _Builder(net, calib, cfg, tile, work, fp32_onnx, calib_u8=cs.tiles[order], raw_input=raw)
+        builder = _Builder(net, calib, cfg, tile, work, fp32_onnx, calib_u8=cs.tiles[order] if raw else None,
+                           raw_input=raw)
         layers = builder.layers()  # walks the calibrated model once
         excluded = matching(layers, cfg.exclude)
         if cfg.exclude and not excluded:
@@ -201,7 +207,10 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
             from .sensitivity import fewest_excluded, rank_layers
 
             qm_t = builder.qmodel()
-            cand = [n for n in builder.layers() if n not in excluded]
+            # on raw pixels the front end is exact in INT8; the torch fake-quant model that ranks the
+            # layers would quantize its normalized input instead and rank it first for nothing
+            skip = set(getattr(net, "full_precision_layers", lambda: [])()) if raw else set()
+            cand = [n for n in builder.layers() if n not in excluded and n not in skip]
             ranking = rank_layers(net, qm_t, cand, builder.batches(limit=cfg.sensitivity_tiles))
             best: dict[str, Any] = {}
 
@@ -245,7 +254,7 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
             "excluded_layers": excluded,
             "excluded_nodes": nodes,
             "cpu_fp32_nodes": builder.cpu_fp32_nodes,
-            "input_format": _input_format(final / "model.onnx"),
+            **_raw_input_record(final / "model.onnx"),
             "sensitivity": [{"layer": n, "score": s} for n, s in ranking],
             "metrics": {"fp32": fp32_m, cfg.precision: q_m} if samples else {},
             "deltas": d,

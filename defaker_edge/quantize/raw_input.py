@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DefakerError
 from ..runtime.tiling import FORMAT_KEY, MEAN, RAW_S2D, STD
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,10 @@ log = logging.getLogger(__name__)
 INPUT = "image"
 
 
-class Unsupported(Exception):
+WEIGHT_ERROR_KEY = "defaker.front_weight_error"  # metadata: front_weight_error of the shipped file
+
+
+class Unsupported(DefakerError):
     """The model has no front end this rewrite knows; the reason is the message."""
 
 
@@ -93,13 +97,15 @@ def _front(g):
 
 
 def unsupported(onnx_path: str | os.PathLike) -> str | None:
-    """Why `onnx_path` cannot take raw pixels, or None when it can."""
-    import onnx
+    """Why `onnx_path` cannot take raw pixels, or None when it can: a trial rewrite, so that every
+    reason fold_raw_input can raise is found before the quantize stage commits to raw pixels."""
+    import tempfile
 
-    try:
-        _front(onnx.load(str(onnx_path), load_external_data=False).graph)
-    except Unsupported as e:
-        return str(e)
+    with tempfile.TemporaryDirectory(prefix="defaker-raw-") as tmp:
+        try:
+            fold_raw_input(onnx_path, Path(tmp) / "trial.onnx")
+        except Unsupported as e:
+            return str(e)
     return None
 
 
@@ -204,9 +210,9 @@ def fold_raw_input(fp32_onnx: str | os.PathLike, out: str | os.PathLike,
     return Path(out)
 
 
-def uint8_input(qdq_onnx: str | os.PathLike, out: str | os.PathLike) -> Path:
+def uint8_input(qdq_onnx: str | os.PathLike, out: str | os.PathLike, meta: dict[str, str] | None = None) -> Path:
     """Make a quantized raw-input model (fold_raw_input, then quantize_static with the input's
-    scale 1, zero point 0) take uint8 NHWC RAW_S2D directly, and mark its format."""
+    scale 1, zero point 0) take uint8 NHWC RAW_S2D directly, and mark its format (plus `meta`)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -245,8 +251,11 @@ def uint8_input(qdq_onnx: str | os.PathLike, out: str | os.PathLike) -> Path:
     d[1].dim_value, d[2].dim_value, d[3].dim_value = hh, hh, c
     for vi in list(g.value_info):
         g.value_info.remove(vi)
+    want = {FORMAT_KEY: RAW_S2D, **(meta or {})}
+    kept = [(p.key, p.value) for p in m.metadata_props if p.key not in want]
     del m.metadata_props[:]
-    m.metadata_props.add(key=FORMAT_KEY, value=RAW_S2D)
+    for k, v in [*kept, *want.items()]:
+        m.metadata_props.add(key=k, value=v)
     onnx.checker.check_model(m)
     onnx.save(m, str(out))
     return Path(out)
@@ -267,7 +276,9 @@ def front_weight_error(fp32_raw: str | os.PathLike, qdq_onnx: str | os.PathLike)
     init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
     prod = {o: n for n in m.graph.node for o in n.output}
     q = next((n for n in m.graph.node if n.name == conv.name), None)
-    if q is None or q.input[1] not in prod or prod[q.input[1]].op_type != "DequantizeLinear":
+    if q is None:
+        raise DefakerError(f"{qdq_onnx}: no node {conv.name!r}: cannot check the front conv's weights")
+    if q.input[1] not in prod or prod[q.input[1]].op_type != "DequantizeLinear":
         return 0.0  # the front conv stayed FP32 (--exclude): its weights are the FP32 ones
     dq = prod[q.input[1]]
     s = init[dq.input[1]].astype(np.float64).reshape(-1, 1, 1, 1)

@@ -119,6 +119,10 @@ class OrtBackend(Backend):
             raise BackendUnavailable(f"{self.path.name}: expected outputs fake_logit and mask_logits, found {outs}")
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._dtype is np.uint8 and batch.dtype != np.uint8:
+            # a float batch cast to uint8 would wrap silently: the caller prepared the wrong format
+            raise ValueError(f"{self.path.name} takes {self.input_format} (uint8 pixels), got a {batch.dtype} batch: "
+                             "prepare tiles with tiling.prepare(tiles, backend.input_format) or use run_tiles")
         x = np.ascontiguousarray(batch, dtype=self._dtype)
         fake, mask = self.session.run(self.outputs, {self.input_name: x})
         return check_outputs(fake, mask, x.shape[0], self.tile)
