@@ -228,3 +228,12 @@ def test_front_end_kept_fp32_reads_the_pixels_exactly(tmp_path):
     f8, m8 = OrtBackend(q, "int8-cpu", T).run_tiles(t)
     f32, m32 = OrtBackend(fp32, "fp32", T).run_tiles(t)
     assert np.corrcoef(m8.ravel(), m32.ravel())[0, 1] > 0.98
+
+
+def test_space_to_depth_into_a_strided_buffer_is_the_same():
+    """The fast path (contiguous `out`) and the general one (a strided view) give the same bytes."""
+    t = _tiles(3, 4)
+    a = tiling.space_to_depth(t)
+    big = np.zeros((3, T // 2 + 1, T // 2 + 1, 24), np.uint8)
+    b = tiling.space_to_depth(t, out=big[..., 6:18])
+    np.testing.assert_array_equal(a, b)
