@@ -11,7 +11,7 @@ import pytest
 
 from defaker_edge.calibration import (CalibConfig, ThresholdConfig, build_calibration, calibrate_thresholds,
                                       fit_temperature, load_calibration, threshold_at_fpr)
-from defaker_edge.errors import ArtifactError, DatasetError
+from defaker_edge.errors import ArtifactError, DatasetError, DefakerError
 
 from quant_helpers import ToyDetector, make_toy_data
 
@@ -189,3 +189,26 @@ def test_thresholds_from_a_student_dir(toy, tmp_path):
     assert path == sdir / "thresholds.json" and path.is_file()
     assert th.measured["fpr"] <= 0.125 and th.measured["n"] == 16
     assert th.band[0] <= th.threshold <= th.band[1]
+
+
+def test_thresholds_record_their_overlap_and_export_keeps_to_it(toy, tmp_path):
+    """thresholds.json records the tiling it was fitted at; export takes that overlap by default and
+    refuses another (the threshold is fitted on max-aggregated tile logits, which depend on it)."""
+    from defaker_edge.export import write_package
+    from defaker_edge.runtime import Detector
+    from test_export import make_student
+
+    sdir = tmp_path / "S"
+    model, cfg = make_student(sdir)
+    th, path = calibrate_thresholds(ThresholdConfig(model=str(sdir), data=str(toy), target_fpr=0.25, overlap=0))
+    assert path == sdir / "thresholds.json" and th.band_rule["overlap"] == 0
+    tile = cfg.tile
+    pkg = write_package(model, cfg, tmp_path / "P", model_dir=sdir)
+    assert pkg.manifest["input"]["overlap"] == 0 and pkg.manifest["input"]["stride"] == tile
+    det = Detector.load(str(pkg.path))
+    assert det.check(np.zeros((2 * tile, 2 * tile, 3), np.uint8)).n_tiles == 4  # no overlap: 2 x 2 tiles
+    det.close()
+    with pytest.raises(ArtifactError, match="calibrated at tile overlap 0"):
+        write_package(model, cfg, tmp_path / "P2", model_dir=sdir, overlap=tile // 4)
+    with pytest.raises(DefakerError, match="--overlap must be in"):
+        calibrate_thresholds(ThresholdConfig(model=str(sdir), data=str(toy), overlap=tile))

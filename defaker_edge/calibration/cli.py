@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="share of held-out images nearest the threshold inside the band (default 0.10)")
     t.add_argument("--compare", help="quantized ONNX: widen the band to cover its disagreement with --model")
     t.add_argument("--out", help="output file or dir (default: <model dir>/thresholds.json)")
+    t.add_argument("--overlap", type=int,
+                   help="tile overlap in px the images are scored at (default min(64, tile/4): 64 at 512). "
+                        "The package must use the same (`defaker export --overlap`): the threshold is fitted on "
+                        "max-aggregated tile logits, which depend on the tiling")
     t.add_argument("--json", action="store_true", help="print thresholds.json on stdout")
     t.set_defaults(func=run_thresholds)
 
@@ -76,7 +80,7 @@ def run_thresholds(args: argparse.Namespace) -> int:
 
     th, path = calibrate_thresholds(ThresholdConfig(model=args.model, data=args.data, target_fpr=args.target_fpr,
                                                     split=args.split, out=args.out, band_frac=args.band_frac,
-                                                    compare=args.compare))
+                                                    compare=args.compare, overlap=args.overlap))
     if args.json:
         print(json.dumps(th.to_json()))
     else:

@@ -46,7 +46,7 @@ class ThresholdConfig:
     band_frac: float = 0.10
     compare: str | None = None  # quantized ONNX whose disagreement with the model widens the band
     batch: int = 8
-    overlap: int = 64
+    overlap: int | None = None  # tile overlap the images are scored at; None: the package default, min(64, tile // 4)
     threads: int | None = None
 
 
@@ -125,6 +125,11 @@ def _runner(model: str, threads: int | None):
             sha256_file(onnx))
 
 
+def default_overlap(tile: int) -> int:
+    """The tile overlap a package gets unless told otherwise (export, thresholds and the gate share it)."""
+    return min(64, tile // 4)
+
+
 def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
     """Fit temperature, threshold and band on held-out data; write thresholds.json; return both."""
     from ..quantize.evaluate import heldout_samples, onnx_runner, onnx_tile, predict_images
@@ -134,8 +139,11 @@ def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
     if not 0.0 <= cfg.band_frac <= 1.0:
         raise DefakerError(f"--band-frac must be in [0, 1], got {cfg.band_frac}")
     run, tile, default_out, sha = _runner(cfg.model, cfg.threads)
+    overlap = default_overlap(tile) if cfg.overlap is None else cfg.overlap
+    if not 0 <= overlap < tile:
+        raise DefakerError(f"--overlap must be in [0, {tile}) for {tile} px tiles, got {overlap}")
     samples = heldout_samples(cfg.data, cfg.split)
-    preds = predict_images(run, samples, tile, overlap=cfg.overlap, batch=cfg.batch, masks=False, desc="thresholds")
+    preds = predict_images(run, samples, tile, overlap=overlap, batch=cfg.batch, masks=False, desc="thresholds")
     z = np.array([p.logit for p in preds], dtype=np.float64)
     y = np.array([p.label for p in preds], dtype=np.int64)
     if (y == 1).sum() == 0 or (y == 0).sum() == 0:
@@ -152,7 +160,7 @@ def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
         if qt != tile:
             raise DefakerError(f"--compare model has tile {qt}, the model {tile}")
         qz = np.array([q.logit for q in predict_images(onnx_runner(cfg.compare, qt, cfg.threads), samples, qt,
-                                                       overlap=cfg.overlap, batch=cfg.batch, masks=False,
+                                                       overlap=overlap, batch=cfg.batch, masks=False,
                                                        desc="compare")])
         flipped = (_sig(qz / T) >= t) != (p >= t)
         flips = int(flipped.sum())
@@ -168,7 +176,8 @@ def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
                     target_fpr=cfg.target_fpr, measured=measured,
                     band_rule={"rule": "logit half-width max(w_frac, w_quant)", "band_frac": cfg.band_frac,
                                "w_frac": w_frac, "w_quant": w_quant, "compare": cfg.compare, "flips": flips, "dz_max": dz_max,
-                               "model_sha256": sha, "data": str(cfg.data), "created": utc_now()})
+                               "model_sha256": sha, "data": str(cfg.data), "overlap": overlap,
+                               "created": utc_now()})
     out = Path(cfg.out) if cfg.out else default_out
     if out.suffix != ".json":
         out = out / "thresholds.json"

@@ -47,6 +47,7 @@ class ExportConfig:
     simplify: bool = True
     model_id: str | None = None
     force: bool = False  # replace an existing package at `out`
+    overlap: int | None = None  # tile overlap; None: the thresholds' own, else min(64, tile // 4)
 
 
 @dataclass
@@ -176,8 +177,13 @@ def _steps(total: int):
 def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | os.PathLike | None = None,
                   quantized: Sequence[str | os.PathLike] = (), opset: int = 17, tile: int | None = None,
                   data: str | os.PathLike | None = None, atol: float = 1e-3, rtol: float = 1e-3, n_random: int = 4,
-                  seed: int = 0, simplify: bool = True, model_id: str | None = None, force: bool = False) -> Package:
-    """Export `model` (the FP32 student) and the quantized variants into a verified package at `out`."""
+                  seed: int = 0, simplify: bool = True, model_id: str | None = None, force: bool = False,
+                  overlap: int | None = None) -> Package:
+    """Export `model` (the FP32 student) and the quantized variants into a verified package at `out`.
+
+    `overlap`: the runtime's tile overlap (None: what the thresholds were calibrated at, else
+    min(64, tile // 4)). It must match the thresholds' own, since the threshold is fitted on
+    max-aggregated tile logits."""
     from .golden import golden_input, ort_session, real_tiles, run_onnx, run_tiles, session_format, write_golden
     from .onnx_export import check_onnx, export_onnx, io_signature, pin_io_shapes, simplify_onnx, validate_onnx
 
@@ -190,7 +196,15 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
         # the runtime normalizes with runtime.tiling.normalize (ImageNet statistics) and nothing else
         raise ArtifactError(f"student mean/std {mean}/{std} differ from the runtime's ImageNet normalization")
     model_dir = Path(model_dir) if model_dir else None
+    th_path = model_dir / "thresholds.json" if model_dir else None
+    thresholds = read_json(th_path) if th_path and th_path.is_file() else dict(DEFAULT_THRESHOLDS)
+    overlap = _overlap(overlap, tile, thresholds, th_path)
     qinfo = [_read_quantized(q) for q in quantized]  # fail on a bad quantize dir before the slow work
+    for p, _, qm in qinfo:
+        q_ov = _find(qm, "gate.overlap")
+        if q_ov is not None and int(q_ov) != overlap:
+            log.warning("the %s model's accuracy gate scored images at overlap %s, the package uses %s: its "
+                        "deltas describe another tiling (re-run defaker quantize --overlap %s)", p, q_ov, overlap, overlap)
     weights = model_dir / "model.safetensors" if model_dir else None
     if weights and weights.is_file():
         want = sha256_file(weights)
@@ -253,10 +267,8 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
         write_golden(tmp, files, golden_input(tile, data))
         bar.update()
         cfg_json = read_json(model_dir / "config.json") if model_dir and (model_dir / "config.json").is_file() else {}
-        th_path = model_dir / "thresholds.json" if model_dir else None
-        thresholds = read_json(th_path) if th_path and th_path.is_file() else dict(DEFAULT_THRESHOLDS)
         cal, teacher, metrics = _provenance(model_dir, quant_manifests) if model_dir else ({}, {}, {})
-        spec = TileSpec(tile=tile, overlap=min(64, tile // 4))
+        spec = TileSpec(tile=tile, overlap=overlap)
         manifest = {
             "format": FORMAT, "schema_version": SCHEMA_VERSION,
             "model_id": model_id or (_model_id(model_dir, cfg_json) if model_dir else f"student-{tile}"),
@@ -292,6 +304,24 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
     return Package(out, manifest, validation)
 
 
+def _overlap(asked: int | None, tile: int, thresholds: dict[str, Any], th_path: Path | None) -> int:
+    """The package's tile overlap; an ArtifactError when calibrated thresholds were fitted at another."""
+    from ..calibration.thresholds import default_overlap
+
+    fitted = (thresholds.get("band_rule") or {}).get("overlap") if isinstance(thresholds, dict) else None
+    overlap = int(asked if asked is not None else fitted if fitted is not None else default_overlap(tile))
+    if not 0 <= overlap < tile:
+        raise ArtifactError(f"--overlap must be in [0, {tile}) for {tile} px tiles, got {overlap}")
+    if fitted is not None and int(fitted) != overlap:
+        raise ArtifactError(f"{th_path}: the thresholds were calibrated at tile overlap {fitted}, the package would use "
+                            f"{overlap}; the threshold and band would not hold. Re-run `defaker calibrate thresholds "
+                            f"--overlap {overlap}` (and --compare the CPU INT8 file) first")
+    if fitted is None and th_path is not None and th_path.is_file() and asked is not None and asked != default_overlap(tile):
+        log.warning("%s does not record the overlap it was calibrated at (made before that was recorded; the "
+                    "default then was %d); the package uses %d", th_path, default_overlap(tile), overlap)
+    return overlap
+
+
 def _input_override(fmt: str | None, tile: int) -> dict[str, Any]:
     """A file entry's own input, for a file that does not take the package's (the raw-pixel CPU INT8 model)."""
     if not fmt or fmt == NORMALIZED:
@@ -308,7 +338,8 @@ def export_package(cfg: ExportConfig) -> Package:
     model, scfg = load_student_dir(cfg.model)
     return write_package(model, scfg, cfg.out, model_dir=cfg.model, quantized=cfg.quantized, opset=cfg.opset,
                          tile=cfg.tile, data=cfg.data, atol=cfg.atol, rtol=cfg.rtol, n_random=cfg.n_random,
-                         seed=cfg.seed, simplify=cfg.simplify, model_id=cfg.model_id, force=cfg.force)
+                         seed=cfg.seed, simplify=cfg.simplify, model_id=cfg.model_id, force=cfg.force,
+                         overlap=cfg.overlap)
 
 
 def _check_onnx_io(package: Path, m: dict[str, Any]) -> tuple[list[Problem], dict[str, Any]]:

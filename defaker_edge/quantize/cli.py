@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8-cpu: keep the normalized float input and its full-resolution front end in FP32 "
                         "(default: uint8 pixels in, the front end in INT8 too; on the 2-core dev VM a tile ran "
                         "~1.35x faster than with the float input)")
+    p.add_argument("--overlap", type=int,
+                   help="tile overlap in px the gate scores full images at (default min(64, tile/4): 64 at 512; "
+                        "use the package's, see `defaker export --overlap`)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     p.set_defaults(func=run)
 
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = QuantConfig(precision=args.precision, out=args.out, exclude=list(args.exclude),
                       auto_exclude=args.auto_exclude, budget_auc=args.budget_auc, budget_f1=args.budget_f1,
                       data=args.data, split=args.split, force=args.force, calib_n=args.calib_n,
-                      threads=args.threads, bench_threads=args.bench_threads, raw_input=not args.float_input)
+                      threads=args.threads, bench_threads=args.bench_threads, raw_input=not args.float_input,
+                      overlap=args.overlap)
     res = quantize(args.model, args.calib, cfg)
     if args.json:
         print(json.dumps(res.manifest))

@@ -33,6 +33,7 @@ class QuantConfig:
     # int8-cpu: take uint8 pixels, the normalization folded into the front end, which is then INT8
     # too (quantize.raw_input); off, or for a model without that front end, the classic float input
     raw_input: bool = True
+    overlap: int | None = None  # tile overlap the gate scores images at; None: min(64, tile // 4), export's default
     # Test/experiment hook: called on the ModelOpt fake-quant model after calibration (before export),
     # e.g. to give one quantizer an absurd amax and check that the gate refuses the result.
     post_calibrate: Callable[[Any], None] | None = None
@@ -42,6 +43,8 @@ class QuantConfig:
 
         if self.precision not in PRECISIONS:
             raise DefakerError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.overlap is not None and self.overlap < 0:
+            raise DefakerError(f"--overlap must be >= 0, got {self.overlap}")
         if self.budget_auc < 0 or self.budget_f1 < 0:
             raise DefakerError("--budget-auc and --budget-f1 must be >= 0")
         import re

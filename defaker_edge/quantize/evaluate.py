@@ -91,15 +91,19 @@ def stitch(mask_logits: np.ndarray, origins: Sequence[tuple[int, int]], h: int, 
     return (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
 
 
-def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int = 64, batch: int = 8,
+def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int | None = None, batch: int = 8,
                    masks: bool = True, desc: str = "evaluate") -> list[ImagePred]:
-    """Run `run` over every sample's tiles; aggregated logit and pixel scores per image."""
+    """Run `run` over every sample's tiles; aggregated logit and pixel scores per image.
+    `overlap`: None is the package default, min(64, tile // 4)."""
     from tqdm import tqdm
 
     from ..data.io import load_image, load_mask
     from ..metrics import pixel_scores
     from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, tile_origins
 
+    from ..calibration.thresholds import default_overlap
+
+    overlap = default_overlap(tile) if overlap is None else overlap
     spec = TileSpec(tile=tile, overlap=overlap)
     out: list[ImagePred] = []
     for s in tqdm(samples, desc=desc, unit="img", leave=False):

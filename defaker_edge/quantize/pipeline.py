@@ -152,6 +152,11 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
 
     calib = np.concatenate([normalize(cs.tiles[order[a:a + 64]]) for a in range(0, len(order), 64)])
 
+    from ..calibration.thresholds import default_overlap
+
+    overlap = default_overlap(tile) if cfg.overlap is None else cfg.overlap
+    if overlap >= tile:
+        raise DefakerError(f"--overlap must be below the tile size ({tile}), got {overlap}")
     data = cfg.data or cs.manifest.get("data")
     samples = None
     if cfg.data or (data and Path(data).exists()):
@@ -167,7 +172,8 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
         fp32_onnx = export_onnx(net, work / "model_fp32.onnx", tile, cfg.opset)
 
         def score(path: Path, desc: str) -> dict:
-            preds = predict_images(onnx_runner(path, tile, cfg.threads), samples, tile, batch=cfg.batch, desc=desc)
+            preds = predict_images(onnx_runner(path, tile, cfg.threads), samples, tile, overlap=overlap,
+                                   batch=cfg.batch, desc=desc)
             return metrics_of(preds)["overall"]
 
         fp32_m = score(fp32_onnx, "fp32") if samples else {}
@@ -260,6 +266,7 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
             "deltas": d,
             "gate": {"budget": budget.to_json(), "passed": passed, "forced": bool(cfg.force and passed is False),
                      "data": str(data) if samples else None, "n_images": len(samples) if samples else 0,
+                     "overlap": overlap,
                      "attempts": attempts},
             "speed": speed,
             "files": [{"path": f, "sha256": sha256_file(final / f), "precision": p}
