@@ -46,10 +46,10 @@ def make_session(path: str | Path, provider: str = "CPUExecutionProvider", threa
         raise MissingDependencyError("onnxruntime", "the benchmark", "pip install onnxruntime") from None
     if provider not in ort.get_available_providers():
         raise RuntimeError(f"{provider} is not available in this onnxruntime build")
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
-    if threads > 0:
-        so.intra_op_num_threads = threads
+    from ..runtime.backends.onnxruntime import session_options
+
+    # the runtime's own options (quiet, no spin-waiting), so the adapter path measures what ships
+    so = session_options(threads if threads > 0 else None)
     providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
     sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     ran = sess.get_providers()
