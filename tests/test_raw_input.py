@@ -258,3 +258,14 @@ def test_bench_adapter_feeds_a_raw_file_its_own_input(tmp_path):
     img = np.random.default_rng(1).integers(0, 256, (2 * T, T + 8, 3), dtype=np.uint8)
     out = pred.check(img)
     assert 0.0 <= out.fake_prob <= 1.0 and out.mask.shape == img.shape[:2]
+
+
+def test_a_session_without_model_metadata_takes_normalized_input():
+    """bench/gpu_bench.py hands the bench adapter a torch stand-in with ORT's run() but no metadata."""
+    from defaker_edge.runtime.backends.onnxruntime import input_format
+
+    class Duck:
+        def run(self, names, feeds):
+            return None
+
+    assert input_format(Duck()) == tiling.NORMALIZED

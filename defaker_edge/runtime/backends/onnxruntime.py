@@ -75,8 +75,12 @@ def session_options(threads: int | None = None):
 
 def input_format(session) -> str:
     """An ORT session's model input format: tiling.FORMAT_KEY in the model's metadata, else NORMALIZED.
-    ValueError for a format this runtime does not know."""
-    return tiling.check_format(session.get_modelmeta().custom_metadata_map.get(tiling.FORMAT_KEY))
+    ValueError for a format this runtime does not know. An object with ORT's run() but no model
+    metadata (the GPU script's torch stand-in session) takes the contract's NORMALIZED input."""
+    meta = getattr(session, "get_modelmeta", None)
+    if meta is None:
+        return tiling.NORMALIZED
+    return tiling.check_format(meta().custom_metadata_map.get(tiling.FORMAT_KEY))
 
 
 class OrtBackend(Backend):
