@@ -168,7 +168,7 @@ def test_package_with_a_raw_int8_cpu_file(tmp_path):
     assert verify_package(pkg.path).ok
     img = np.random.default_rng(3).integers(0, 256, (100, 90, 3), dtype=np.uint8)
     det = Detector.load(str(pkg.path), precision="int8-cpu", fallback="never")
-    assert det.backend.precision == "int8-cpu" and det.backend.input_format == tiling.RAW_S2D
+    assert det.backend.precision == "int8-cpu" and det.info()["input_format"] == tiling.RAW_S2D
     v = det.check(img)
     assert v.precision == "int8-cpu" and v.fallback is None and v.mask.shape == (100, 90)
     det.close()

@@ -567,7 +567,8 @@ class Detector:
 
     def info(self) -> dict[str, Any]:
         return {"package": str(self.package.root), "backend": self.backend.name, "precision": self.backend.precision,
-                "provider": self.backend.provider, "fallback": self.load_fallback,
+                "provider": self.backend.provider, "input_format": self.backend.input_format,
+                "fallback": self.load_fallback,
                 "package_problems": self.package_problems, "tile": self.spec.tile,
                 "overlap": self.spec.overlap, "batch_size": self.batch_size,
                 "workers": self.workers if self.backend.concurrent else 1, "threads_per_run": self._threads}
