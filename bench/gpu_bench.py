@@ -93,9 +93,9 @@ def load_student(args, device, dtype):
 
 
 def n_tiles_per_image(size: int, tile: int) -> int:
-    from defaker_edge.runtime.tiling import TileSpec, tile_origins
+    from defaker_edge.runtime.tiling import TileSpec, default_overlap, tile_origins
 
-    return len(tile_origins(size, size, TileSpec(tile=tile, overlap=min(64, tile // 4))))
+    return len(tile_origins(size, size, TileSpec(tile=tile, overlap=default_overlap(tile))))
 
 
 def part_student(args, device, budget: Budget, dtype_name: str, graphs: bool) -> dict:
@@ -222,7 +222,7 @@ def part_modelopt(args, device, budget: Budget) -> dict:
         return {"status": "skipped", "reason": f"modelopt does not import ({type(e).__name__}: {e})"}
     from defaker_edge.bench.accuracy import agreement, evaluate, headline
     from defaker_edge.bench.adapter import OnnxPredictor
-    from defaker_edge.runtime.tiling import TileSpec, cut_tiles, normalize, tile_origins
+    from defaker_edge.runtime.tiling import TileSpec, cut_tiles, default_overlap, normalize, tile_origins
 
     base, cfg, weights = load_student(args, device, torch.float32)
     T = cfg.tile
@@ -234,7 +234,7 @@ def part_modelopt(args, device, budget: Budget) -> dict:
         calib = []
         for s in samples[:max(1, args.calib_n // 4)]:
             img = load_image(s.image)
-            calib.append(cut_tiles(img, tile_origins(*img.shape[:2], TileSpec(T, min(64, T // 4))), T))
+            calib.append(cut_tiles(img, tile_origins(*img.shape[:2], TileSpec(T, default_overlap(T))), T))
         calib_u8 = np.concatenate(calib)[:args.calib_n]
     else:
         calib_u8 = rng.integers(0, 256, (args.calib_n, T, T, 3), dtype=np.uint8)
@@ -245,7 +245,7 @@ def part_modelopt(args, device, budget: Budget) -> dict:
             for i in range(0, len(calib_x), 8):
                 m(calib_x[i:i + 8])
 
-    overlap = min(64, T // 4)
+    overlap = default_overlap(T)
     res = {"status": "ok", "weights": weights, "data": source, "calib_tiles": int(len(calib_x)), "variants": {}}
 
     def score(model):

@@ -208,7 +208,14 @@ def test_thresholds_record_their_overlap_and_export_keeps_to_it(toy, tmp_path):
     det = Detector.load(str(pkg.path))
     assert det.check(np.zeros((2 * tile, 2 * tile, 3), np.uint8)).n_tiles == 4  # no overlap: 2 x 2 tiles
     det.close()
-    with pytest.raises(ArtifactError, match="calibrated at tile overlap 0"):
+    with pytest.raises(ArtifactError, match="calibrated at tile overlap 0.*Omit --overlap to use 0.*--overlap 16"):
         write_package(model, cfg, tmp_path / "P2", model_dir=sdir, overlap=tile // 4)
-    with pytest.raises(DefakerError, match="--overlap must be in"):
-        calibrate_thresholds(ThresholdConfig(model=str(sdir), data=str(toy), overlap=tile))
+    for bad in (tile, 12):  # past half a tile; off the 8 px grid
+        with pytest.raises(DefakerError, match="--overlap must be a multiple of 8"):
+            calibrate_thresholds(ThresholdConfig(model=str(sdir), data=str(toy), overlap=bad))
+    # a thresholds.json from before the overlap was recorded was fitted at 64, whatever the tile
+    d = json.loads(path.read_text())
+    del d["band_rule"]["overlap"]
+    path.write_text(json.dumps(d))
+    with pytest.raises(ArtifactError, match="calibrated at tile overlap 64 \\(recorded before"):
+        write_package(model, cfg, tmp_path / "P3", model_dir=sdir, overlap=0)

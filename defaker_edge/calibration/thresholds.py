@@ -32,6 +32,7 @@ import numpy as np
 
 from ..artifacts import sha256_file, utc_now, write_json
 from ..errors import DatasetError, DefakerError
+from ..runtime.tiling import check_overlap, default_overlap
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,6 @@ def _runner(model: str, threads: int | None):
             sha256_file(onnx))
 
 
-def default_overlap(tile: int) -> int:
-    """The tile overlap a package gets unless told otherwise (export, thresholds and the gate share it)."""
-    return min(64, tile // 4)
-
-
 def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
     """Fit temperature, threshold and band on held-out data; write thresholds.json; return both."""
     from ..quantize.evaluate import heldout_samples, onnx_runner, onnx_tile, predict_images
@@ -139,9 +135,10 @@ def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
     if not 0.0 <= cfg.band_frac <= 1.0:
         raise DefakerError(f"--band-frac must be in [0, 1], got {cfg.band_frac}")
     run, tile, default_out, sha = _runner(cfg.model, cfg.threads)
-    overlap = default_overlap(tile) if cfg.overlap is None else cfg.overlap
-    if not 0 <= overlap < tile:
-        raise DefakerError(f"--overlap must be in [0, {tile}) for {tile} px tiles, got {overlap}")
+    try:
+        overlap = default_overlap(tile) if cfg.overlap is None else check_overlap(cfg.overlap, tile)
+    except ValueError as e:
+        raise DefakerError(str(e)) from None
     samples = heldout_samples(cfg.data, cfg.split)
     preds = predict_images(run, samples, tile, overlap=overlap, batch=cfg.batch, masks=False, desc="thresholds")
     z = np.array([p.logit for p in preds], dtype=np.float64)

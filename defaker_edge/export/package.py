@@ -201,8 +201,9 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
     overlap = _overlap(overlap, tile, thresholds, th_path)
     qinfo = [_read_quantized(q) for q in quantized]  # fail on a bad quantize dir before the slow work
     for p, _, qm in qinfo:
-        q_ov = _find(qm, "gate.overlap")
-        if q_ov is not None and int(q_ov) != overlap:
+        # manifests from before the overlap was recorded were scored at 64, the old fixed default
+        q_ov = _find(qm, "gate.overlap") if "overlap" in (qm.get("gate") or {}) else LEGACY_OVERLAP
+        if _find(qm, "gate.n_images") and q_ov is not None and int(q_ov) != overlap:
             log.warning("the %s model's accuracy gate scored images at overlap %s, the package uses %s: its "
                         "deltas describe another tiling (re-run defaker quantize --overlap %s)", p, q_ov, overlap, overlap)
     weights = model_dir / "model.safetensors" if model_dir else None
@@ -304,21 +305,37 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
     return Package(out, manifest, validation)
 
 
+# thresholds.json and quantize manifests written before they recorded their overlap were all
+# scored at 64: ThresholdConfig and the gate had it fixed, whatever the tile
+LEGACY_OVERLAP = 64
+
+
 def _overlap(asked: int | None, tile: int, thresholds: dict[str, Any], th_path: Path | None) -> int:
     """The package's tile overlap; an ArtifactError when calibrated thresholds were fitted at another."""
-    from ..calibration.thresholds import default_overlap
+    from ..runtime.tiling import check_overlap, default_overlap
 
-    fitted = (thresholds.get("band_rule") or {}).get("overlap") if isinstance(thresholds, dict) else None
-    overlap = int(asked if asked is not None else fitted if fitted is not None else default_overlap(tile))
-    if not 0 <= overlap < tile:
-        raise ArtifactError(f"--overlap must be in [0, {tile}) for {tile} px tiles, got {overlap}")
-    if fitted is not None and int(fitted) != overlap:
-        raise ArtifactError(f"{th_path}: the thresholds were calibrated at tile overlap {fitted}, the package would use "
-                            f"{overlap}; the threshold and band would not hold. Re-run `defaker calibrate thresholds "
-                            f"--overlap {overlap}` (and --compare the CPU INT8 file) first")
-    if fitted is None and th_path is not None and th_path.is_file() and asked is not None and asked != default_overlap(tile):
-        log.warning("%s does not record the overlap it was calibrated at (made before that was recorded; the "
-                    "default then was %d); the package uses %d", th_path, default_overlap(tile), overlap)
+    rule = thresholds.get("band_rule") if isinstance(thresholds, dict) else None
+    calibrated = th_path is not None and th_path.is_file()
+    fitted = (rule or {}).get("overlap") if calibrated else None
+    legacy = calibrated and fitted is None
+    if asked is not None:
+        try:
+            overlap = check_overlap(int(asked), tile)
+        except ValueError as e:
+            raise ArtifactError(str(e)) from None
+    else:
+        overlap = int(fitted) if fitted is not None else default_overlap(tile)
+    want = LEGACY_OVERLAP if legacy else fitted
+    if want is not None and int(want) != overlap and (asked is not None or not legacy):
+        cmd = (f"defaker calibrate thresholds --model {th_path.parent} --data {(rule or {}).get('data') or 'M'} "
+               f"--overlap {overlap}" + (f" --compare {rule['compare']}" if (rule or {}).get("compare") else ""))
+        raise ArtifactError(f"{th_path}: the thresholds were calibrated at tile overlap {want}"
+                            f"{' (recorded before the overlap was)' if legacy else ''}, the package would use {overlap}: "
+                            f"the threshold and band would not hold. Omit --overlap to use {want}, or recalibrate "
+                            f"first (into a copy of the student dir, to keep these): {cmd}")
+    if legacy and want != overlap:
+        log.warning("%s predates recorded overlaps and was scored at %d; the package uses %d (the default for %d px "
+                    "tiles), so its threshold was fitted on another tiling", th_path, LEGACY_OVERLAP, overlap, tile)
     return overlap
 
 

@@ -101,7 +101,7 @@ def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int | N
     from ..metrics import pixel_scores
     from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, tile_origins
 
-    from ..calibration.thresholds import default_overlap
+    from ..runtime.tiling import default_overlap
 
     overlap = default_overlap(tile) if overlap is None else overlap
     spec = TileSpec(tile=tile, overlap=overlap)

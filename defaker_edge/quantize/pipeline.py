@@ -152,11 +152,12 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
 
     calib = np.concatenate([normalize(cs.tiles[order[a:a + 64]]) for a in range(0, len(order), 64)])
 
-    from ..calibration.thresholds import default_overlap
+    from ..runtime.tiling import check_overlap, default_overlap
 
-    overlap = default_overlap(tile) if cfg.overlap is None else cfg.overlap
-    if overlap >= tile:
-        raise DefakerError(f"--overlap must be below the tile size ({tile}), got {overlap}")
+    try:
+        overlap = default_overlap(tile) if cfg.overlap is None else check_overlap(cfg.overlap, tile)
+    except ValueError as e:
+        raise DefakerError(str(e)) from None
     data = cfg.data or cs.manifest.get("data")
     samples = None
     if cfg.data or (data and Path(data).exists()):
@@ -266,7 +267,7 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
             "deltas": d,
             "gate": {"budget": budget.to_json(), "passed": passed, "forced": bool(cfg.force and passed is False),
                      "data": str(data) if samples else None, "n_images": len(samples) if samples else 0,
-                     "overlap": overlap,
+                     "overlap": overlap if samples else None,
                      "attempts": attempts},
             "speed": speed,
             "files": [{"path": f, "sha256": sha256_file(final / f), "precision": p}

@@ -30,6 +30,21 @@ class TileSpec:
         return max(self.grid, ((self.tile - self.overlap) // self.grid) * self.grid)
 
 
+def default_overlap(tile: int) -> int:
+    """The tile overlap a package gets unless told otherwise (export, thresholds and the gate share it)."""
+    return min(64, tile // 4)
+
+
+def check_overlap(overlap: int, tile: int, grid: int = GRID) -> int:
+    """`overlap` if it is a usable tile overlap for `tile`, else ValueError saying why.
+
+    At most half a tile (the blend window's ramps would cross) and on the grid (tile origins are
+    snapped to it, so 60 would tile like 64)."""
+    if not 0 <= overlap <= tile // 2 or overlap % grid:
+        raise ValueError(f"--overlap must be a multiple of {grid} in [0, {tile // 2}] for {tile} px tiles, got {overlap}")
+    return int(overlap)
+
+
 def _axis_origins(length: int, tile: int, stride: int, grid: int) -> list[int]:
     if length <= tile:
         return [0]
@@ -137,6 +152,8 @@ def space_to_depth(tiles: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     h = t // 2 + 1
     if out is None:
         out = np.empty((n, h, h, 12), dtype=np.uint8)
+    elif out.dtype != np.uint8 or out.shape != (n, h, h, 12):
+        raise ValueError(f"space_to_depth writes uint8 {(n, h, h, 12)}, got an out of {out.dtype} {out.shape}")
     pad = np.empty((n, t + 2, t + 2, 3), dtype=np.uint8)
     pad[:, 1:-1, 1:-1] = tiles
     pad[:, 0] = pad[:, -1] = RAW_FILL
