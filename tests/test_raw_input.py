@@ -240,17 +240,16 @@ def test_space_to_depth_into_a_strided_buffer_is_the_same():
 
 
 def test_bench_adapter_feeds_a_raw_file_its_own_input(tmp_path):
-    """The bench's ONNX adapter (used when the Detector refuses a file) and its timed tile inputs
+    """The bench's ONNX adapter (used when the Detector refuses a file) and the timed tile inputs
     prepare raw pixels for a raw file: the same logits as the runtime's backend on the same tiles."""
     from defaker_edge.bench.adapter import OnnxPredictor
-    from defaker_edge.bench.latency import _model_input
     from defaker_edge.quantize.ort_static import quantize_ort_static
-    from defaker_edge.runtime.backends.onnxruntime import OrtBackend
+    from defaker_edge.runtime.backends.onnxruntime import OrtBackend, session_input
 
     q = quantize_ort_static(_block_onnx(tmp_path), tmp_path / "q.onnx", np.concatenate([_tiles(4, s) for s in range(2)]),
                             batch=4, raw_input=True)
     pred = OnnxPredictor(q, tile=T, overlap=T // 4)
-    x = _model_input(pred.sess, _tiles(2, 7))
+    x = session_input(pred.sess, _tiles(2, 7))
     assert x.dtype == np.uint8 and x.shape == (2, T // 2 + 1, T // 2 + 1, 12)
     f, _ = pred.run_tiles(x)
     f_be, _ = OrtBackend(q, "int8-cpu", T).run_tiles(_tiles(2, 7))

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError
-from ..runtime.tiling import TileSpec, cut_tiles, prepare, tile_origins
+from ..runtime.tiling import TileSpec, cut_tiles, tile_origins
 from .manifest import DEFAULT_ATOL, GOLDEN, INPUT_NAME, OUTPUT_NAMES, Problem, onnx_files
 
 
@@ -100,18 +100,12 @@ def run_onnx(path_or_session: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.asarray(fl), np.asarray(ml)
 
 
-def session_format(sess: Any) -> str:
-    """The input format an ORT session's model takes (runtime.tiling: normalized float, or raw pixels)."""
-    from ..runtime.backends.onnxruntime import input_format
-
-    return input_format(sess)
-
-
 def run_tiles(path_or_session: Any, tiles_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """run_onnx on uint8 tiles [B, T, T, 3], prepared in the file's own input format."""
+    from ..runtime.backends.onnxruntime import session_input
+
     sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session)
-    x = prepare(tiles_u8, session_format(sess))
-    fl, ml = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
+    fl, ml = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: session_input(sess, tiles_u8)})
     return np.asarray(fl), np.asarray(ml)
 
 

@@ -81,10 +81,10 @@ def pin_io_shapes(path: str | os.PathLike, tile: int) -> Path:
     """
     import onnx
 
-    from ..runtime.tiling import FORMAT_KEY, input_shape
+    from ..runtime.tiling import input_shape, model_format
 
     m = onnx.load(str(path))
-    fmt = {p.key: p.value for p in m.metadata_props}.get(FORMAT_KEY)  # the raw-pixel CPU INT8 file's own input
+    fmt = model_format(m)  # the raw-pixel CPU INT8 file has its own input
     want = {INPUT_NAME: list(input_shape(fmt, tile)), OUTPUT_NAMES[0]: [], OUTPUT_NAMES[1]: [1, tile // 4, tile // 4]}
     changed = False
     for vi in (*m.graph.input, *m.graph.output):

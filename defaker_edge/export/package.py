@@ -184,7 +184,8 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
     `overlap`: the runtime's tile overlap (None: what the thresholds were calibrated at, else
     min(64, tile // 4)). It must match the thresholds' own, since the threshold is fitted on
     max-aggregated tile logits."""
-    from .golden import golden_input, ort_session, real_tiles, run_onnx, run_tiles, session_format, write_golden
+    from ..runtime.backends.onnxruntime import input_format
+    from .golden import golden_input, ort_session, real_tiles, run_onnx, run_tiles, write_golden
     from .onnx_export import check_onnx, export_onnx, io_signature, pin_io_shapes, simplify_onnx, validate_onnx
 
     out = Path(out)
@@ -252,13 +253,14 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
             pin_io_shapes(dst, tile)  # same declared I/O as the FP32 file (a ViT export can leave dims symbolic)
             check_onnx(dst)
             qsig = io_signature(dst)
-            qfmt = session_format(ort_session(dst))
+            qsess = ort_session(dst)
+            qfmt = input_format(qsess)
             want = {**sig, INPUT_NAME: [-1, *input_shape(qfmt, tile)]}  # a raw-pixel file has its own input
             if qsig != want:
                 raise ArtifactError(f"{src}: inputs/outputs {qsig} do not match the FP32 export {want} (names "
                                     f"{INPUT_NAME}, {', '.join(OUTPUT_NAMES)}, tile {tile}, dynamic batch (-1) required)")
             input_formats[p] = qfmt
-            got = run_tiles(dst, real_u8)  # informative: how far quantization moved the outputs
+            got = run_tiles(qsess, real_u8)  # informative: how far quantization moved the outputs
             validation[f"vs_fp32_{p}"] = {n: {"max_abs": float(np.abs(g - r).max()), "mean_abs": float(np.abs(g - r).mean())}
                                           for n, g, r in zip(OUTPUT_NAMES, got, ref)}
             files[p] = ONNX_FILES[p]
@@ -360,7 +362,8 @@ def export_package(cfg: ExportConfig) -> Package:
 
 
 def _check_onnx_io(package: Path, m: dict[str, Any]) -> tuple[list[Problem], dict[str, Any]]:
-    from .golden import ort_session, session_format
+    from ..runtime.backends.onnxruntime import input_format
+    from .golden import ort_session
 
     want = {m["input"].get("name"): m["input"].get("shape"),
             **{o.get("name"): o.get("shape") for o in m["outputs"] if isinstance(o, dict)}}
@@ -382,12 +385,13 @@ def _check_onnx_io(package: Path, m: dict[str, Any]) -> tuple[list[Problem], dic
         if got != exp:
             probs.append(Problem(rel, f"inputs/outputs {got} do not match the manifest {exp}"))
         try:
-            fmt = session_format(sess)
+            fmt = input_format(sess)
         except ValueError as e:
             probs.append(Problem(rel, str(e)))
             continue
-        if fmt != (own.get("format") or NORMALIZED):
-            probs.append(Problem(rel, f"takes input format {fmt}, the manifest says {own.get('format') or NORMALIZED}"))
+        said = own.get("format") or NORMALIZED
+        if fmt != said:
+            probs.append(Problem(rel, f"takes input format {fmt}, the manifest says {said}"))
     return probs, sessions
 
 

@@ -60,12 +60,11 @@ def onnx_tile(path: str | os.PathLike) -> int:
     """The static tile size of an ONNX file's input ([N, 3, T, T], or its raw-pixel format's shape)."""
     import onnx
 
-    from ..runtime.tiling import FORMAT_KEY, tile_of
+    from ..runtime.tiling import model_format, tile_of
 
     m = onnx.load(str(path), load_external_data=False)
     dims = m.graph.input[0].type.tensor_type.shape.dim
-    fmt = {p.key: p.value for p in m.metadata_props}.get(FORMAT_KEY)
-    return tile_of(fmt, [d.dim_value for d in dims])
+    return tile_of(model_format(m), [d.dim_value for d in dims])
 
 
 def stitch(mask_logits: np.ndarray, origins: Sequence[tuple[int, int]], h: int, w: int, tile: int,

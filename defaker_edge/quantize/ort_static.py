@@ -142,20 +142,19 @@ def speed_ratio(fp32_onnx: str | Path, int8_onnx: str | Path, tiles: np.ndarray,
         return ort.InferenceSession(str(p), sess_options=session_options(threads),
                                     providers=["CPUExecutionProvider"])
 
-    from ..runtime.backends.onnxruntime import input_format
-    from ..runtime.tiling import prepare
+    from ..runtime.backends.onnxruntime import session_input
 
-    s32, s8 = session(fp32_onnx), session(int8_onnx)
-    xs = {id(s): [prepare(t[None], input_format(s)) for t in tiles] for s in (s32, s8)}
-    for s in (s32, s8):  # warm-up: first runs allocate and pick kernels
-        for xi in xs[id(s)][:2]:
-            s.run(None, {"image": xi})
     t32, t8 = [], []
+    runs = [(s, [session_input(s, t[None]) for t in tiles], acc)
+            for s, acc in ((session(fp32_onnx), t32), (session(int8_onnx), t8))]
+    for s, xs, _ in runs:  # warm-up: first runs allocate and pick kernels
+        for xi in xs[:2]:
+            s.run(None, {"image": xi})
     for _ in range(repeats):
         for i in range(len(tiles)):
-            for s, acc in ((s32, t32), (s8, t8)):
+            for s, xs, acc in runs:
                 t0 = time.perf_counter()
-                s.run(None, {"image": xs[id(s)][i]})
+                s.run(None, {"image": xs[i]})
                 acc.append((time.perf_counter() - t0) * 1e3)
     m32, m8 = statistics.median(t32), statistics.median(t8)
     return {"fp32_ms": m32, "int8_ms": m8, "ratio": m32 / m8, "tiles": len(tiles), "repeats": repeats,

@@ -51,13 +51,14 @@ def _raw_input_record(onnx_path: Path) -> dict[str, Any]:
     """The manifest's input_format (and, on raw pixels, the front conv's weight error) from the file."""
     import onnx
 
-    from ..runtime.tiling import FORMAT_KEY, NORMALIZED
+    from ..runtime.tiling import model_format
     from .raw_input import WEIGHT_ERROR_KEY
 
-    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    out: dict[str, Any] = {"input_format": meta.get(FORMAT_KEY, NORMALIZED)}
-    if WEIGHT_ERROR_KEY in meta:
-        out["front_weight_error"] = float(meta[WEIGHT_ERROR_KEY])
+    m = onnx.load(str(onnx_path), load_external_data=False)
+    out: dict[str, Any] = {"input_format": model_format(m)}
+    err = next((p.value for p in m.metadata_props if p.key == WEIGHT_ERROR_KEY), None)
+    if err is not None:
+        out["front_weight_error"] = float(err)
     return out
 
 
@@ -195,7 +196,8 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
         # layers the model itself marks full-precision (fixed forensic filters that read sub-grey-level
         # residuals of the raw image: quantizing their input would round the signal away)
         # (not on raw pixels: a uint8 pixel quantizes exactly, see quantize.raw_input)
-        fixed = [] if raw else [n for n in getattr(net, "full_precision_layers", lambda: [])() if n in layers]
+        model_fp = getattr(net, "full_precision_layers", lambda: [])()
+        fixed = [] if raw else [n for n in model_fp if n in layers]
         excluded += [n for n in fixed if n not in excluded]
         attempts: list[dict] = []
 
@@ -216,7 +218,7 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
             qm_t = builder.qmodel()
             # on raw pixels the front end is exact in INT8; the torch fake-quant model that ranks the
             # layers would quantize its normalized input instead and rank it first for nothing
-            skip = set(getattr(net, "full_precision_layers", lambda: [])()) if raw else set()
+            skip = set(model_fp) if raw else set()
             cand = [n for n in builder.layers() if n not in excluded and n not in skip]
             ranking = rank_layers(net, qm_t, cand, builder.batches(limit=cfg.sensitivity_tiles))
             best: dict[str, Any] = {}

@@ -128,6 +128,11 @@ def check_format(fmt: str | None) -> str:
     return fmt
 
 
+def model_format(model) -> str:
+    """The input format an ONNX ModelProto declares in its metadata (duck-typed: no onnx import here)."""
+    return check_format({p.key: p.value for p in model.metadata_props}.get(FORMAT_KEY))
+
+
 def input_shape(fmt: str, tile: int) -> tuple[int, int, int]:
     """The model input's shape without the batch dim."""
     if check_format(fmt) == RAW_S2D:

@@ -83,6 +83,11 @@ def input_format(session) -> str:
     return tiling.check_format(meta().custom_metadata_map.get(tiling.FORMAT_KEY))
 
 
+def session_input(session, tiles: np.ndarray) -> np.ndarray:
+    """uint8 tiles [N, T, T, 3] as `session`'s model takes them (its input_format)."""
+    return tiling.prepare(tiles, input_format(session))
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
 
