@@ -61,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
     s.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     s.set_defaults(func=run_synth)
+    register_photos(dsub)
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
 
 
@@ -77,4 +78,60 @@ def run_synth(args: argparse.Namespace) -> int:
           file=sys.stderr)
     if args.json:
         print(json.dumps(res.to_json()))
+    return 0
+
+
+def register_photos(dsub) -> None:
+    """`data photos` and `data heldout` (real photographs and the independent held-out set)."""
+    ph = dsub.add_parser(
+        "photos", help="collect real camera photos from Debian packages (sha256-verified)",
+        description="Copy the real photographs listed in defaker_edge/data/photo_sources.jsonl out of "
+                    "their Debian packages, byte for byte, verify each sha256 and write DIR/photos.jsonl. "
+                    "Works offline when DIR already holds every file.")
+    ph.add_argument("--out", required=True, help="output directory (files/ and photos.jsonl)")
+    ph.add_argument("--debs", default=None, help="folder of already downloaded .debs to reuse")
+    ph.add_argument("--cache", default=None, help="where downloaded .debs go (default OUT/debs)")
+    ph.add_argument("--sources", default=None, help="sources list (default: the committed photo_sources.jsonl)")
+    ph.add_argument("--packages", default=None, help="comma list: only these packages")
+    ph.add_argument("--offline", action="store_true", help="never run apt-get download")
+    ph.set_defaults(func=run_photos)
+    h = dsub.add_parser(
+        "heldout", help="held-out forgeries on held-out real photos (independent generator)",
+        description="Write N images (half authentic) from the split=heldout photos of --photos: natural-photo "
+                    "forgeries and edited documents, in the same layout as `data synth` (split test).")
+    h.add_argument("--photos", required=True, help="a `defaker data photos` output directory")
+    h.add_argument("--out", required=True, help="output directory (created)")
+    h.add_argument("--n", type=int, required=True, help="number of images")
+    h.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    h.add_argument("--domains", default="natural,document", help="comma list of natural,document")
+    h.add_argument("--overwrite", action="store_true", help="replace an existing set in --out")
+    h.set_defaults(func=run_heldout)
+
+
+def run_photos(args: argparse.Namespace) -> int:
+    from .photos import SOURCES, collect
+
+    pk = _domains(args.packages) if args.packages else None
+    res = collect(args.out, sources=args.sources or SOURCES, debs=args.debs, cache=args.cache,
+                  packages=pk, download=not args.offline)
+    counts: dict = {}
+    for e in res.photos:
+        counts[(e["split"], e["package"])] = counts.get((e["split"], e["package"]), 0) + 1
+    per = ", ".join(f"{p} {n} ({s})" for (s, p), n in sorted(counts.items()))
+    print(f"wrote {len(res.photos)} photos to {res.out}/photos.jsonl: {per}", file=sys.stderr)
+    if not res.ok:
+        print(f"photos: {len(res.failed_packages)} package(s) could not be fetched, "
+              f"{len(res.bad_files)} file(s) missing or with another sha256 (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_heldout(args: argparse.Namespace) -> int:
+    from .heldout import HeldoutConfig, generate
+
+    res = generate(HeldoutConfig(photos=args.photos, out=args.out, n=args.n, seed=args.seed,
+                                 domains=_domains(args.domains), overwrite=args.overwrite))
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(res["counts"].items()))
+    print(f"wrote {res['n']} images to {args.out} in {res['seconds']:.1f} s "
+          f"({res['n'] / max(res['seconds'], 1e-9):.2f} images/s): {kinds}", file=sys.stderr)
     return 0
