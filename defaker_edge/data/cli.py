@@ -56,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--size-max", type=int, default=1024, help="largest image side in px (default 1024)")
     s.add_argument("--jpeg-prob", type=float, default=0.7,
                    help="probability that an image is saved as JPEG (quality 60-100), else PNG (default 0.7)")
+    s.add_argument("--photos", default=None, metavar="DIR",
+                   help="a `defaker data photos` dir: natural images become edits of its train-split "
+                        "camera photos (their own JPEG history kept), documents get a scanner's first "
+                        "save and 0-2 recompressions before the final save (see synth/photo.py)")
     s.add_argument("--workers", type=int, default=None,
                    help="processes (default: 1 below 64 images, else 2); output does not depend on it")
     s.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
@@ -70,7 +74,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
     cfg = SynthConfig(out=args.out, n=args.n, seed=args.seed, domains=_domains(args.domains),
                       size_min=args.size_min, size_max=args.size_max, jpeg_prob=args.jpeg_prob,
-                      workers=args.workers, overwrite=args.overwrite, progress=True)
+                      workers=args.workers, overwrite=args.overwrite, progress=True, photos=args.photos)
     res = synthesize(cfg)
     kinds = ", ".join(f"{k} {v}" for k, v in res.counts["kind"].items())
     print(f"wrote {res.n} images to {res.out} in {res.seconds:.1f} s: {res.images_per_s:.1f} images/s "

@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt-every", type=int, default=100, help="checkpoint every N steps (default 100)")
     p.add_argument("--stop-at", type=int, help="stop after this step (checkpointed); finish later with --resume")
     p.add_argument("--threads", type=int, help="torch threads per process (default: cores / processes)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast for the forward pass (CPUs with AVX-512 BF16 or AMX: measured "
+                        "1.2-1.6x faster steps on a Zen 4; weights, optimizer and BatchNorm stay FP32)")
     p.add_argument("--eval-max", type=int, default=200, help="held-out images to evaluate at the end (0: none)")
     p.add_argument("--temperature", type=float, default=2.0, help="KD temperature on the fake probability")
     p.add_argument("--w", action="append", default=[], metavar="NAME=X",
@@ -119,7 +122,7 @@ def _distill(args: argparse.Namespace) -> int:
     cfg = DistillConfig(data=args.data, out=args.out, student=args.student, teacher=args.teacher, cache=args.cache,
                         steps=args.steps, tile=args.tile, crop=args.crop, batch=args.batch, lr=args.lr,
                         seed=args.seed, resume=args.resume, ckpt_every=args.ckpt_every, stop_at=args.stop_at,
-                        threads=args.threads, eval_max=args.eval_max,
+                        threads=args.threads, eval_max=args.eval_max, bf16=args.bf16,
                         weights=_weights(args.w, args.temperature), eval_teacher=args.eval_teacher,
                         init=args.init)
     res = distill(cfg)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..data import Sample, load_image, load_mask
+from ..runtime.dct import NO_TABLE, dct_stream, read_qtable
 from ..runtime.tiling import GRID, MEAN, normalize
 from .targets import ImageTargets, TargetSource
 
@@ -48,8 +49,15 @@ class ImageStore:
         self.budget = budget_mb << 20
         self.used = 0
         self._lru: OrderedDict[int, tuple] = OrderedDict()
+        self._q: dict[int, np.ndarray] = {}  # 256 bytes an image: kept for all
+
+    def qtable(self, i: int) -> np.ndarray:
+        if i not in self._q:
+            self._q[i] = read_qtable(self.samples[i].image)
+        return self._q[i]
 
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray | None, ImageTargets | None]:
+        """(pixels, ground-truth mask, teacher targets) of sample i; its table is `qtable(i)`."""
         if i in self._lru:
             self._lru.move_to_end(i)
             return self._lru[i][0]
@@ -63,6 +71,7 @@ class ImageStore:
         elif s.label == 0:
             gt = np.zeros(img.shape[:2], bool)
         tgt = self.targets(s.key, img) if self.targets is not None else None
+        self._q[i] = read_qtable(s.image)  # the file's own table: the compression history it carries
         item = (img, gt, tgt)
         size = img.nbytes + (gt.nbytes if gt is not None else 0)
         self._lru[i] = (item, size)
@@ -78,10 +87,17 @@ def _pool4(m: np.ndarray) -> np.ndarray:
 
 
 class TileSampler:
-    def __init__(self, store: ImageStore, crop: int, seed: int, aug: AugConfig | None = None):
+    """`dct`: (frequencies, clip) of the student's compression-history stream, or None. With it,
+    each item also carries the stream's input for its crop and the table that goes with it: the
+    file's, unless an augmentation changed the pixels after decoding (a resize, blur or noise make it a
+    file without a table; a re-compression gives that quality's table), as a device would see it."""
+
+    def __init__(self, store: ImageStore, crop: int, seed: int, aug: AugConfig | None = None,
+                 dct: tuple[int, int] | None = None):
         if crop % GRID:
             raise ValueError(f"crop must be a multiple of {GRID}")
         self.store, self.crop, self.seed, self.aug = store, crop, seed, aug or AugConfig()
+        self.dct = dct
 
     def batch(self, step: int, start: int, count: int) -> dict[str, torch.Tensor]:
         """Items start..start+count-1 of the global batch for `step` (a DDP rank's share)."""
@@ -98,7 +114,9 @@ class TileSampler:
         img, gt, tgt = self.store.get(i)
         soft = None if tgt is None else tgt.soft_mask.astype(np.float32)
         h0, w0 = img.shape[:2]
+        q = self.store.qtable(i) if self.dct is not None else NO_TABLE
         if rng.random() < a.p_resize:
+            q = NO_TABLE
             f = rng.uniform(*a.resize_range)
             nh, nw = max(8, int(round(h0 * f))), max(8, int(round(w0 * f)))
             img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
@@ -125,7 +143,7 @@ class TileSampler:
             x, g, t = x[:, ::-1], g[:, ::-1], t[:, ::-1]
         if rng.random() < a.p_flip:
             x, g, t = x[::-1], g[::-1], t[::-1]
-        x = self._photometric(np.ascontiguousarray(x), rng)
+        x, q = self._photometric(np.ascontiguousarray(x), rng, q)
         covers = part.shape[0] * part.shape[1] >= 0.9 * h * w
         if gt is not None:
             label, lw = float(g.sum() >= min(a.min_fake_px, max(1, gt.sum()))), 1.0
@@ -136,6 +154,9 @@ class TileSampler:
         out = {"x": x, "gt_label": np.float32(label), "gt_label_w": np.float32(lw),
                "gt_mask": _pool4(g)[None].astype(np.float32), "gt_mask_w": np.float32(gt is not None),
                "t_prob": np.float32(0.5), "t_mask": t[None].copy(), "t_w": np.float32(tgt is not None)}
+        if self.dct is not None:
+            out["dct"] = dct_stream(x[None], q[None], *self.dct)[0]
+            out["qtable"] = q.astype(np.float32)
         if tgt is not None:
             # the teacher's image answer holds for this tile only where its mask says the tile is touched
             p = tgt.fake_prob if covers else min(tgt.fake_prob, float(t.max()) if t.size else 0.0)
@@ -156,16 +177,23 @@ class TileSampler:
                     GRID * int(rng.integers(min(lo_x, xmax), min(xs[k] // GRID, xmax) + 1)))
         return GRID * int(rng.integers(ymax + 1)), GRID * int(rng.integers(xmax + 1))
 
-    def _photometric(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _photometric(self, x: np.ndarray, rng: np.random.Generator,
+                     table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels after the crop's augmentations, and the quantization table a file of them would carry."""
         a = self.aug
+        if rng.random() < a.p_blur:
+            x = cv2.GaussianBlur(x, (3, 3), 0)
+            table = NO_TABLE
+        if rng.random() < a.p_noise:
+            n = rng.normal(0, rng.uniform(0.5, a.noise_sigma), x.shape)
+            x = np.clip(x.astype(np.float32) + n, 0, 255).astype(np.uint8)
+            table = NO_TABLE
         if rng.random() < a.p_jpeg:
+            # a re-save of the crop (on its own grid, which is the image's: crops start on it)
             q = int(rng.integers(a.jpeg_range[0], a.jpeg_range[1] + 1))
             ok, buf = cv2.imencode(".jpg", x[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
             if ok:
                 x = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
-        if rng.random() < a.p_blur:
-            x = cv2.GaussianBlur(x, (3, 3), 0)
-        if rng.random() < a.p_noise:
-            n = rng.normal(0, rng.uniform(0.5, a.noise_sigma), x.shape)
-            x = np.clip(x.astype(np.float32) + n, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(x)
+                if self.dct is not None:
+                    table = read_qtable(buf.tobytes())
+        return np.ascontiguousarray(x), table

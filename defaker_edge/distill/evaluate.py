@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from ..data import Sample, load_image, load_mask
 from ..metrics import Record, pixel_scores, summarize
+from ..runtime.dct import NO_TABLE, dct_stream, read_qtable, tile_tables
+from ..student.inputs import dct_spec, run
 from ..runtime.tiling import TileSpec, aggregate_logits, blend_window, cut_tiles, normalize, tile_origins
 from ..errors import ArtifactError
 from .targets import TargetSource, soft_mask_to_image
@@ -27,16 +29,24 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def predict_image(model: torch.nn.Module, img: np.ndarray, tile: int, overlap: int = 64,
-                  batch: int = 8) -> tuple[float, np.ndarray]:
-    """(fake probability, mask probabilities [H, W]) for one uint8 image."""
+                  batch: int = 8, qtable: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """(fake probability, mask probabilities [H, W]) for one uint8 image; `qtable` is its file's
+    luma table (runtime.dct.read_qtable), read by students with a compression-history stream."""
     h, w = img.shape[:2]
     spec = TileSpec(tile=tile, overlap=overlap)
     origins = tile_origins(h, w, spec)
     tiles = cut_tiles(img, origins, tile)
     logits, masks = [], []
     dev = next(model.parameters()).device
+    spec_dct = dct_spec(model)
+    tables = tile_tables(NO_TABLE if qtable is None else qtable, origins)
     for i in range(0, len(tiles), batch):
-        lg, mk = model(torch.from_numpy(normalize(tiles[i:i + batch])).to(dev))
+        extra = None
+        if spec_dct is not None:
+            t = tiles[i:i + batch]
+            extra = {"dct": torch.from_numpy(dct_stream(t, tables[i:i + batch], *spec_dct)),
+                     "qtable": torch.from_numpy(tables[i:i + batch])}
+        lg, mk = run(model, torch.from_numpy(normalize(tiles[i:i + batch])).to(dev), extra)
         logits.append(lg.float().cpu())
         masks.append(F.interpolate(mk.float(), size=(tile, tile), mode="bilinear", align_corners=False)[:, 0].cpu())
     logits_np = torch.cat(logits).numpy()
@@ -71,7 +81,8 @@ def evaluate(model: torch.nn.Module | None, samples: list[Sample], tile: int,
         img = load_image(s.image)
         gt = _gt(s, img.shape[:2])
         if model is not None:
-            p, m = predict_image(model, img, tile)
+            q = read_qtable(s.image) if dct_spec(model) is not None else None
+            p, m = predict_image(model, img, tile, qtable=q)
             srec.append(Record(s.label, p, s.domain, pixel_scores(m, gt) if gt is not None else None))
         if trec is not None:
             try:

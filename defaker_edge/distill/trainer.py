@@ -30,6 +30,8 @@ from .data import AugConfig, ImageStore, TileSampler
 from .evaluate import evaluate, headline
 from .losses import LossWeights, distill_loss
 from .targets import CacheTargets, OnlineTeacherTargets
+from ..student.inputs import EXTRA, dct_spec
+from ..student.inputs import run as run_student
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class DistillConfig:
     stop_at: int | None = None  # stop after this step (checkpointed); continue with resume
     threads: int | None = None  # torch intra-op threads per process (default: cores / ranks)
     eval_max: int = 200  # held-out images evaluated at the end (0: skip)
+    bf16: bool = False  # bfloat16 autocast of the forward pass (CPU with native bf16, or GPU)
     weights: LossWeights = field(default_factory=LossWeights)
     aug: AugConfig = field(default_factory=AugConfig)
 
@@ -83,8 +86,8 @@ class _Train(nn.Module):
             last = student.stages[-1] if hasattr(student, "stages") else student.encoder.layer[-1]
             last.register_forward_hook(lambda m, i, o: setattr(self, "_feat", o))
 
-    def forward(self, x):
-        logit, mask = self.student(x)
+    def forward(self, x, extra=None):
+        logit, mask = run_student(self.student, x, extra)
         feat = None
         if self.adapter is not None:
             f = self._feat
@@ -206,7 +209,7 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     elif cfg.resume:
         log.warning("--resume: no checkpoint at %s, starting fresh", ckpt)
     model = nn.parallel.DistributedDataParallel(net) if d.enabled else net
-    sampler = TileSampler(store, crop, cfg.seed, cfg.aug)
+    sampler = TileSampler(store, crop, cfg.seed, cfg.aug, dct=dct_spec(student))
     local = cfg.batch // d.world
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     t_start = time.time()
@@ -216,7 +219,11 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     for step in bar:
         b = {k: v.to(d.device) for k, v in sampler.batch(step, d.rank * local, local).items()}
         b["x"] = b["x"].contiguous(memory_format=fmt)
-        logit, mask, feat = model(b["x"])
+        with torch.autocast(str(d.device).split(":")[0], dtype=torch.bfloat16,
+                            enabled=cfg.bf16):
+            logit, mask, feat = model(b["x"], {k: b[k] for k in EXTRA if k in b} or None)
+        logit, mask = logit.float(), mask.float()
+        feat = feat.float() if feat is not None else None
         loss, parts = distill_loss(logit, mask, b, cfg.weights, feat,
                                    global_sum=(lambda t: ddp.mean_of_sums(t, d)) if d.enabled else None)
         opt.zero_grad(set_to_none=True)

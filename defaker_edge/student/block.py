@@ -162,6 +162,46 @@ class BlockStage(nn.Module):
         return self.blocks(self.down(x))
 
 
+class DCTStream(nn.Module):
+    """The compression-history stream (CAT-Net / DTD style, sized for the edge), at the stem's 1/8.
+
+    Input: `dct` [B, F, T/8, T/8], min(|round(DCT(Y) / q)|, clip) per block and AC frequency
+    (runtime.dct.dct_stream, computed by the runtime in numpy), and `qtable` [B, 64], the file's luma
+    table in natural order (all zeros: no table). Each coefficient is one-hot over 0..clip, so a
+    1x1 conv weighs every (frequency, value) pair on its own: double quantization shows as which
+    values occur (gaps and peaks at multiples of an earlier step), not as their size. The table
+    modulates those features (FiLM: log2 of each step, plus a no-table flag), since the same integer
+    means another thing under another table (a hand-made check flipped sign between qualities 95
+    and 80 with a fixed feature). A 3x3 conv then compares neighbouring blocks, the region-versus-
+    host contrast that a splice or a local recompression leaves.
+
+    Why one-hot inside the model: the input stays small integers, which INT8 holds exactly at
+    scale 1, and the one-hot is 0/1, which it holds exactly too.
+    """
+
+    def __init__(self, freqs: int, clip: int, width: int, out: int):
+        super().__init__()
+        self.freqs, self.clip = freqs, clip
+        # 1-D (a 5-D buffer would break module.to(channels_last)); viewed in forward
+        self.register_buffer("bins", torch.arange(clip + 1, dtype=torch.float32), persistent=False)
+        self.embed = ConvBN(freqs * (clip + 1), width, 1)
+        self.film = nn.Linear(65, 2 * width)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self.mix = ConvBN(width, width, 3)
+        self.proj = ConvBN(width, out, 1, relu=False)
+
+    def forward(self, dct: torch.Tensor, qtable: torch.Tensor) -> torch.Tensor:
+        b, f, h, w = dct.shape
+        onehot = (dct.unsqueeze(2) == self.bins.view(1, 1, -1, 1, 1)).to(dct.dtype).reshape(b, f * (self.clip + 1), h, w)
+        d = self.embed(onehot)
+        none = (qtable.amax(1, keepdim=True) <= 0).to(qtable.dtype)
+        qf = torch.cat([torch.log2(qtable.clamp(1.0, 255.0)) / 8.0, none], 1)
+        g, s = self.film(qf).chunk(2, 1)
+        d = d * (1.0 + g[:, :, None, None]) + s[:, :, None, None]
+        return self.proj(self.mix(d))
+
+
 class BlockStudent(nn.Module):
     def __init__(self, cfg: StudentConfig):
         super().__init__()
@@ -177,9 +217,20 @@ class BlockStudent(nn.Module):
         self.smooth = ConvBN(cfg.dec, cfg.dec2, 3)
         self.mask_head = nn.Conv2d(cfg.dec2, 1, 1)
         self.cls = nn.Linear(2 * w[-1] + 2, 1)
+        self.dct = DCTStream(cfg.dct_freqs, cfg.dct_clip, cfg.dct_width, w[0]) if cfg.dct_freqs > 0 else None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The model's inputs, in call and ONNX order."""
+        return ("image", "dct", "qtable") if self.dct is not None else ("image",)
+
+    def forward(self, x: torch.Tensor, dct: torch.Tensor | None = None,
+                qtable: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.stem(x) if self.front is None else self.stem(self.front(x), self.front.order())
+        if self.dct is not None:
+            if dct is None or qtable is None:
+                raise ValueError("this student has a compression-history stream: call it with (x, dct, qtable)")
+            h = h + self.dct(dct, qtable)
         feats = []
         for st in self.stages:
             h = st(h)
@@ -211,6 +262,8 @@ class BlockStudent(nn.Module):
             pre = f"stages.{s}"
             if s == 0:
                 members = [("stem.conv", 0, 0), ("stem.bn", 0, 0), ("stem", 0, 0)]
+                if self.dct is not None:  # the stream is added to the stem's channels
+                    members += [("dct.proj.0", 0, 0), ("dct.proj.1", 0, 0)]
                 points = ["stem"]
             else:
                 members = [(f"{pre}.down.0", 0, 0), (f"{pre}.down.1", 0, 0)]

@@ -16,6 +16,8 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_flops(model: nn.Module, tile: int) -> dict[str, int]:
+    from .inputs import dummy_inputs
+
     from .pruned_teacher import ViTAttention, DecAttention
 
     macs = [0]
@@ -49,7 +51,7 @@ def count_flops(model: nn.Module, tile: int) -> dict[str, int]:
     was_training = model.training
     model.eval()
     try:
-        model(torch.zeros(1, 3, tile, tile))
+        model(*dummy_inputs(model, 1, tile))
     finally:
         for h in hooks:
             h.remove()

@@ -79,12 +79,15 @@ def load_student(path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn
 
 def export_onnx(model: nn.Module, tile: int, path: str | os.PathLike, opset: int = 17) -> Path:
     """The student as ONNX: input `image` [B,3,T,T], outputs `fake_logit` [B], `mask_logits` [B,1,T/4,T/4]."""
+    from .inputs import dummy_inputs, input_names
+
     model = getattr(model, "module", model).eval()
-    x = torch.zeros(1, 3, tile, tile)
+    x = dummy_inputs(model, 1, tile)
+    names = list(input_names(model))
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but is the one Q/DQ needs
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["image"], output_names=["fake_logit", "mask_logits"],
-                          dynamic_axes={"image": {0: "batch"}, "fake_logit": {0: "batch"},
+        torch.onnx.export(model, x, str(path), dynamo=False, opset_version=opset,
+                          input_names=names, output_names=["fake_logit", "mask_logits"],
+                          dynamic_axes={**{n: {0: "batch"} for n in names}, "fake_logit": {0: "batch"},
                                         "mask_logits": {0: "batch"}})
     return Path(path)

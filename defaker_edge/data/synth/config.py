@@ -26,6 +26,9 @@ class SynthConfig:
     noise_prob: float = 0.15  # global sensor-like noise after everything, on reals and fakes alike
     benign_prob: float = 0.5  # each benign global op (recompress, resize, colour, sharpen) on every image
     workers: int | None = None  # None: 1 for small runs, 2 processes otherwise
+    # a `defaker data photos` dir: natural images become edits of its train-split photos and
+    # documents get a scanner's first save and recompressions (synth/photo.py)
+    photos: str | None = None
     overwrite: bool = False
     progress: bool = False
 
@@ -52,6 +55,13 @@ class SynthConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise SynthConfigError(f"{name} must be in [0, 1], got {v}")
+        if self.photos is not None:
+            from pathlib import Path as _P
+
+            jl = _P(self.photos) / "photos.jsonl" if _P(self.photos).is_dir() else _P(self.photos)
+            if not jl.is_file():
+                raise SynthConfigError(f"--photos {self.photos}: no photos.jsonl there "
+                                       f"(make one with `defaker data photos --out {self.photos}`)")
         if self.workers is not None and self.workers < 1:
             raise SynthConfigError(f"--workers must be >= 1, got {self.workers}")
         return self

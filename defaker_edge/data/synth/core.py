@@ -159,20 +159,46 @@ def render(seed: int, index: int, cfg: SynthConfig) -> Rendered:
     return Rendered(before, after, mask, line, rng)
 
 
+def _photo_render(seed: int, index: int, cfg: SynthConfig):
+    """Natural and document images of a --photos run (synth/photo.py): the pixels, the mask, the
+    manifest fields, the encoded file and its extension."""
+    from . import photo
+
+    rng = np.random.default_rng([int(seed), int(index), 1])
+    domain, label, split = plan(index, cfg.domains)
+    h, w = _size(rng, cfg.size_min, cfg.size_max)
+    if domain == "natural":
+        img, mask, meta = photo.natural(rng, photo.corpus(str(cfg.photos)), h, w, label)
+    else:
+        img, mask, meta = photo.document(rng, h, w, label)
+    data, ext, final, mask, post = photo.final_save(rng, img, mask)
+    line = {"label": label, "domain": domain, "split": split, "index": index,
+            "size": [final.shape[1], final.shape[0]], **meta, **post}
+    return data, f".{ext}", mask, line
+
+
 def make_one(seed: int, index: int, cfg: SynthConfig) -> dict:
     """Generate, encode and write image `index`; return its manifest line (paths relative to out)."""
+    if cfg.photos and plan(index, cfg.domains)[0] in ("natural", "document"):
+        data, ext, mask, line = _photo_render(seed, index, cfg)
+        return _write(cfg, index, data, ext, mask, line, None)
     r = render(seed, index, cfg)
     data, ext, post = finalize(r.rng, r.after, cfg.jpeg_prob, cfg.noise_prob)
+    return _write(cfg, index, data, ext, r.mask, r.line, post)
+
+
+def _write(cfg: SynthConfig, index: int, data, ext: str, mask, line: dict, post) -> dict:
     out = Path(cfg.out)
     stem = f"{index:06d}"
     (out / "images" / f"{stem}{ext}").write_bytes(data)
     mask_rel = None
     extra = {}
-    if r.mask is not None:
+    if mask is not None:
         mask_rel = f"masks/{stem}.png"
-        (out / mask_rel).write_bytes(encode_png(r.mask.astype(np.uint8) * 255, level=6).tobytes())
-        extra["mask_frac"] = round(float(r.mask.mean()), 5)
-    line = {"image": f"images/{stem}{ext}", "mask": mask_rel, **r.line, "post": post, **extra}
+        (out / mask_rel).write_bytes(encode_png(mask.astype(np.uint8) * 255, level=6).tobytes())
+        extra["mask_frac"] = round(float(mask.mean()), 5)
+    line = {"image": f"images/{stem}{ext}", "mask": mask_rel, **line, **({"post": post} if post is not None else {}),
+            **extra}
     return to_jsonable(line)
 
 
