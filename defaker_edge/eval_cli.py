@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the report JSON here (also printed on stdout)")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold for balanced accuracy")
     p.add_argument("--split", help="only score samples of this manifest split")
+    p.add_argument("--markdown", help="also write a markdown table (overall, per domain, per domain x kind) here")
     p.set_defaults(func=run)
 
 
@@ -73,10 +74,28 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
                 pix = pixel_scores(pm, gt)
             else:
                 pix = {"pixel_f1": 0.0, "pixel_f1_best": 0.0, "pixel_iou": 0.0}  # no mask predicted
-        records.append(Record(label=s.label, fake_prob=float(d["fake_prob"]), domain=s.domain, pixel=pix))
+        records.append(Record(label=s.label, fake_prob=float(d["fake_prob"]), domain=s.domain, pixel=pix,
+                              kind=s.kind))
     if missing:
         raise DatasetError(f"{len(missing)} dataset image(s) have no prediction, e.g.: " + ", ".join(missing[:5]))
     return summarize(records, threshold)
+
+
+COLUMNS = ("n_fake", "n_real", "image_auc", "balanced_acc", "pixel_f1", "pixel_f1_best", "pixel_iou")
+
+
+def markdown_table(report: dict) -> str:
+    """One row per slice: overall, each domain, then each domain x kind (that kind vs the domain's reals)."""
+    def cell(v):
+        return "-" if v is None or (isinstance(v, float) and v != v) else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    rows = [("all", "all", report["overall"])]
+    for d, s in report.get("per_domain", {}).items():
+        rows.append((d, "all", s))
+        rows += [(d, k, ks) for k, ks in report.get("per_kind", {}).get(d, {}).items()]
+    lines = ["| domain | kind | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
+    lines += [f"| {d} | {k} | " + " | ".join(cell(s.get(c)) for c in COLUMNS) + " |" for d, k, s in rows]
+    return "\n".join(lines) + "\n"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_predictions(args.predictions, args.data, threshold=args.threshold, split=args.split)
     if args.out:
         write_json(args.out, report)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(report))
     json.dump(to_jsonable(report), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -97,6 +97,7 @@ class Record:
     fake_prob: float
     domain: str = "natural"
     pixel: dict[str, float] | None = None  # pixel_scores(), for fakes that have a mask
+    kind: str | None = None  # the manipulation ("authentic" for real images); None: not reported per kind
 
 
 def _summary(records: list[Record], threshold: float) -> dict[str, float | int]:
@@ -116,12 +117,26 @@ def _summary(records: list[Record], threshold: float) -> dict[str, float | int]:
     return out
 
 
+def per_kind(recs: list[Record], threshold: float) -> dict:
+    """{domain: {kind: summary}}: each manipulation's fakes against the authentic images of the same
+    domain, so one kind's AUC is not lifted or sunk by how easy the other kinds are."""
+    out: dict[str, dict] = {}
+    for d in sorted({r.domain for r in recs if r.kind is not None}):
+        real = [r for r in recs if r.domain == d and r.label == 0]
+        kinds = sorted({r.kind for r in recs if r.domain == d and r.label == 1 and r.kind is not None})
+        out[d] = {k: _summary([r for r in recs if r.domain == d and r.label == 1 and r.kind == k] + real,
+                              threshold) for k in kinds}
+    return out
+
+
 def summarize(records: Iterable[Record], threshold: float = 0.5) -> dict:
-    """Metrics overall and per domain: {"overall": {...}, "per_domain": {domain: {...}}, "threshold": t}."""
+    """Metrics overall, per domain and per manipulation kind:
+    {"overall": {...}, "per_domain": {domain: {...}}, "per_kind": {domain: {kind: {...}}}, "threshold": t}."""
     recs = list(records)
     domains = sorted({r.domain for r in recs})
     return {
         "threshold": threshold,
         "overall": _summary(recs, threshold),
         "per_domain": {d: _summary([r for r in recs if r.domain == d], threshold) for d in domains},
+        "per_kind": per_kind(recs, threshold),
     }
