@@ -137,7 +137,10 @@ def build_calibration(cfg: CalibConfig) -> CalibResult:
     plan, warns = _select(samples, cfg, rng)
     spec = TileSpec(tile=cfg.tile, overlap=cfg.overlap)
     T = cfg.tile
+    from ..runtime.dct import read_qtable, tile_tables
+
     tiles, labels, masks, domains, has_mask, origins_all, src_idx = [], [], [], [], [], [], []
+    qtables = []  # each tile's luma table (the compression-history stream's input; zeros: none)
     sources = []
     got: dict[tuple[str, int], int] = {}
     for s, k, _ in tqdm(plan, desc="calibration tiles", unit="img", leave=False):
@@ -147,6 +150,7 @@ def build_calibration(cfg: CalibConfig) -> CalibResult:
         m = load_mask(s.mask, size=(h, w))[0] if (s.mask and s.label) else None
         pick = [origins[i] for i in _tile_order(m, origins, T, rng)[:k]]
         tiles.append(cut_tiles(img, pick, T))
+        qtables.append(tile_tables(read_qtable(s.image), pick))
         if m is not None:
             # a mask tile is cut like an image tile (zero where the image is padded)
             mm = np.zeros((len(pick), T, T), dtype=np.uint8)
@@ -188,6 +192,7 @@ def build_calibration(cfg: CalibConfig) -> CalibResult:
     arr_has = np.asarray(has_mask, dtype=bool)
     arr_origins = np.asarray(origins_all, dtype=np.int32).reshape(-1, 2)
     arr_src = np.asarray(src_idx, dtype=np.int32)
+    arr_q = np.concatenate(qtables).astype(np.float32)
     shards = []
     h = hashlib.sha256()
     for i, a in enumerate(range(0, len(all_tiles), SHARD_SIZE)):
@@ -196,7 +201,8 @@ def build_calibration(cfg: CalibConfig) -> CalibResult:
         _zip_npz(out / name, {"tiles": all_tiles[a:b], "labels": arr_labels[a:b], "masks": all_masks[a:b],
                               "domains": arr_domains[a:b], "has_mask": arr_has[a:b],
                               # provenance: tile i is sources[source_index[i]] cut at origins[i] = (y0, x0)
-                              "origins": arr_origins[a:b], "source_index": arr_src[a:b]})
+                              "origins": arr_origins[a:b], "source_index": arr_src[a:b],
+                              "qtables": arr_q[a:b]})
         digest = sha256_file(out / name)
         h.update(digest.encode())
         shards.append({"file": name, "sha256": digest, "n": int(min(b, len(all_tiles)) - a)})

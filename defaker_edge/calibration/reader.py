@@ -25,6 +25,11 @@ class CalibrationSet:
     path: Path | None = None
     origins: np.ndarray | None = None  # int32 [N, 2] (y0, x0) in the source image
     source_index: np.ndarray | None = None  # int32 [N] into manifest["sources"]
+    qtables: np.ndarray | None = None  # float32 [N, 64]: each tile's luma table (sets built before: None)
+
+    def tables(self) -> np.ndarray:
+        """[N, 64] luma tables; zeros ("no table") for a set built before they were recorded."""
+        return self.qtables if self.qtables is not None else np.zeros((len(self), 64), np.float32)
 
     def __len__(self) -> int:
         return int(self.tiles.shape[0])
@@ -53,7 +58,7 @@ def load_calibration(path: str | Path, *, verify: bool = True) -> CalibrationSet
     if man.get("format") != FORMAT:
         raise ArtifactError(f"{root}: not a calibration set (format {man.get('format')!r}, want {FORMAT!r})")
     parts: dict[str, list[np.ndarray]] = {"tiles": [], "labels": [], "masks": [], "domains": []}
-    extra: dict[str, list[np.ndarray]] = {"origins": [], "source_index": []}
+    extra: dict[str, list[np.ndarray]] = {"origins": [], "source_index": [], "qtables": []}
     h = hashlib.sha256()
     for sh in man.get("shards", []):
         f = root / sh["file"]

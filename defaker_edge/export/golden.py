@@ -93,27 +93,55 @@ def ort_session(path: str | os.PathLike):
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def run_onnx(path_or_session: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fake_logit, mask_logits) of an ONNX file on normalized float32 [B, 3, T, T], ORT CPU."""
+def run_onnx(path_or_session: Any, x: np.ndarray | dict) -> tuple[np.ndarray, np.ndarray]:
+    """(fake_logit, mask_logits) of an ONNX file on normalized float32 [B, 3, T, T] (or a dict of
+    its inputs by name), ORT CPU."""
     sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session)
-    fl, ml = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})
+    feeds = x if isinstance(x, dict) else {INPUT_NAME: x}
+    fl, ml = sess.run(list(OUTPUT_NAMES), {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()})
     return np.asarray(fl), np.asarray(ml)
 
 
-def run_tiles(path_or_session: Any, tiles_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """run_onnx on uint8 tiles [B, T, T, 3], prepared in the file's own input format."""
-    from ..runtime.backends.onnxruntime import session_input
+def run_tiles(path_or_session: Any, tiles_u8: np.ndarray, tables: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """run_onnx on uint8 tiles [B, T, T, 3] (+ their luma tables), prepared in the file's own input format."""
+    from ..runtime.backends.onnxruntime import session_feeds
 
     sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session)
-    fl, ml = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: session_input(sess, tiles_u8)})
+    fl, ml = sess.run(list(OUTPUT_NAMES), session_feeds(sess, tiles_u8, tables))
     return np.asarray(fl), np.asarray(ml)
 
 
-def write_golden(package: str | os.PathLike, files: dict[str, str], input_u8: np.ndarray) -> str:
-    """Run every ONNX file ({precision: relative path}) on the golden tile; write PACKAGE/golden.npz."""
+GOLDEN_QUALITY = 85
+
+
+def as_jpeg(tiles_u8: np.ndarray, quality: int = GOLDEN_QUALITY) -> tuple[np.ndarray, np.ndarray]:
+    """Tiles saved as JPEG and decoded, with their luma tables [N, 64]: real inputs for the
+    compression-history stream (a tile that never was a JPEG would leave it idle)."""
+    import io
+
+    from PIL import Image
+
+    from ..runtime.dct import read_qtable
+
+    out, tables = np.empty_like(tiles_u8), np.empty((len(tiles_u8), 64), np.float32)
+    for i, t in enumerate(tiles_u8):
+        b = io.BytesIO()
+        Image.fromarray(t).save(b, "JPEG", quality=quality)
+        with Image.open(io.BytesIO(b.getvalue())) as im:
+            out[i] = np.asarray(im.convert("RGB"))
+        tables[i] = read_qtable(b.getvalue())
+    return out, tables
+
+
+def write_golden(package: str | os.PathLike, files: dict[str, str], input_u8: np.ndarray,
+                 qtable: np.ndarray | None = None) -> str:
+    """Run every ONNX file ({precision: relative path}) on the golden tile (+ its luma table, for
+    models with the compression-history stream); write PACKAGE/golden.npz."""
     arrays: dict[str, np.ndarray] = {"input_u8": input_u8}
+    if qtable is not None:
+        arrays["qtable"] = np.asarray(qtable, np.float32).reshape(-1, 64)
     for precision, rel in files.items():
-        fl, ml = run_tiles(Path(package) / rel, input_u8)
+        fl, ml = run_tiles(Path(package) / rel, input_u8, qtable)
         arrays[f"fake_logit__{precision}"] = fl.astype(np.float32)
         arrays[f"mask_logits__{precision}"] = ml.astype(np.float32)
     path = Path(package) / GOLDEN
@@ -148,7 +176,7 @@ def check_golden(package: str | os.PathLike, m: dict[str, Any], sessions: dict[s
             out.append(Problem(rel, f"no golden outputs for precision {p}"))
             continue
         try:
-            fl, ml = run_tiles((sessions or {}).get(rel) or Path(package) / rel, gold["input_u8"])
+            fl, ml = run_tiles((sessions or {}).get(rel) or Path(package) / rel, gold["input_u8"], gold.get("qtable"))
         except Exception as e:  # ORT raises its own types for corrupt graphs; name the file
             out.append(Problem(rel, f"onnxruntime could not run it ({type(e).__name__}: {str(e)[:200]})"))
             continue

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError, DefakerError
+from ..runtime.tiling import DCT_KEY
 from .manifest import INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
@@ -59,17 +60,37 @@ def export_onnx(model, tile: int, path: str | os.PathLike, opset: int = 17) -> P
     """Write the model as ONNX with input `image` [B,3,T,T] (B dynamic) and outputs fake_logit, mask_logits."""
     import torch
 
+    from ..student.inputs import dct_spec, dummy_inputs, input_names
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    dummy = torch.zeros(2, 3, tile, tile)  # B=2 so the tracer cannot specialize a size-1 batch
-    axes = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}}
+    dummy = dummy_inputs(model, 2, tile)  # B=2 so the tracer cannot specialize a size-1 batch
+    names = list(input_names(model))
+    axes = {**{n: {0: "batch"} for n in names}, **{n: {0: "batch"} for n in OUTPUT_NAMES}}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice; chosen on purpose (see top)
-        torch.onnx.export(model, (dummy,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
+        torch.onnx.export(model, dummy, str(path), dynamo=False, opset_version=opset,
+                          input_names=names, output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
                           do_constant_folding=True, external_data=False)
+    spec = dct_spec(model)
+    if spec is not None:  # the runtime prepares the stream's inputs by this (runtime.tiling.DCT_KEY)
+        set_metadata(path, {DCT_KEY: f"{spec[0]},{spec[1]}"})
     return pin_io_shapes(path, tile)
+
+
+def set_metadata(path: str | os.PathLike, props: dict[str, str]) -> None:
+    """Add or replace ONNX metadata_props entries in place."""
+    import onnx
+
+    m = onnx.load(str(path))
+    keep = [p for p in m.metadata_props if p.key not in props]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    for k, v in props.items():
+        e = m.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(m, str(path))
 
 
 def pin_io_shapes(path: str | os.PathLike, tile: int) -> Path:
@@ -81,11 +102,14 @@ def pin_io_shapes(path: str | os.PathLike, tile: int) -> Path:
     """
     import onnx
 
-    from ..runtime.tiling import input_shape, model_format
+    from ..runtime.tiling import input_shape, model_dct, model_format
 
     m = onnx.load(str(path))
     fmt = model_format(m)  # the raw-pixel CPU INT8 file has its own input
     want = {INPUT_NAME: list(input_shape(fmt, tile)), OUTPUT_NAMES[0]: [], OUTPUT_NAMES[1]: [1, tile // 4, tile // 4]}
+    dct = model_dct(m)
+    if dct is not None:
+        want.update(dct=[dct[0], tile // 8, tile // 8], qtable=[64])
     changed = False
     for vi in (*m.graph.input, *m.graph.output):
         dims = vi.type.tensor_type.shape.dim
@@ -138,7 +162,8 @@ def io_signature(path: str | os.PathLike) -> dict[str, list]:
 
 def validate_onnx(model, path: str | os.PathLike, inputs: dict[str, np.ndarray], atol: float = 1e-3,
                   rtol: float = 1e-3, batch: int = 4) -> ValidationReport:
-    """Compare ONNX Runtime with PyTorch on each named input set (float32 [N,3,T,T]).
+    """Compare ONNX Runtime with PyTorch on each named input set (float32 [N,3,T,T], or a dict of
+    the model's inputs by name: image, dct, qtable).
 
     The limit per output is atol + rtol * max|PyTorch output|: logits of a trained net reach tens,
     and a fixed absolute bound would either be meaningless for small outputs or fail large ones.
@@ -148,19 +173,24 @@ def validate_onnx(model, path: str | os.PathLike, inputs: dict[str, np.ndarray],
 
     from .golden import ort_session, run_onnx
 
+    from ..student.inputs import input_names
+
     sess = ort_session(path)
     rep = ValidationReport(atol=atol, rtol=rtol)
     model = model.eval()
-    for kind, x in inputs.items():
+    order = input_names(model)  # the model's call order; the feeds are a dict by name
+    for kind, feeds in inputs.items():
+        feeds = feeds if isinstance(feeds, dict) else {INPUT_NAME: feeds}
+        x = feeds[INPUT_NAME]
         refs: list[list[np.ndarray]] = [[], []]
         gots: list[list[np.ndarray]] = [[], []]
         for i in range(0, len(x), batch):
-            xb = np.ascontiguousarray(x[i:i + batch], dtype=np.float32)
+            fb = {k: np.ascontiguousarray(v[i:i + batch], dtype=np.float32) for k, v in feeds.items()}
             with torch.no_grad():
-                ref = model(torch.from_numpy(xb))
+                ref = model(*[torch.from_numpy(fb[n]) for n in order])
             for j, r in enumerate(ref):
                 refs[j].append(r.detach().float().numpy())
-            for j, g in enumerate(run_onnx(sess, xb)):
+            for j, g in enumerate(run_onnx(sess, fb)):
                 gots[j].append(g)
         rep.n[kind] = len(x)
         rep.diffs[kind] = {}

@@ -185,7 +185,9 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
     min(64, tile // 4)). It must match the thresholds' own, since the threshold is fitted on
     max-aggregated tile logits."""
     from ..runtime.backends.onnxruntime import input_format
-    from .golden import golden_input, ort_session, real_tiles, run_onnx, run_tiles, write_golden
+    from ..runtime.tiling import extra_inputs
+    from ..student.inputs import dct_spec
+    from .golden import as_jpeg, golden_input, ort_session, real_tiles, run_onnx, run_tiles, write_golden
     from .onnx_export import check_onnx, export_onnx, io_signature, pin_io_shapes, simplify_onnx, validate_onnx
 
     out = Path(out)
@@ -233,6 +235,17 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
         real_u8 = real_tiles(tile, data)
         inputs = {"random": rng.standard_normal((n_random, 3, tile, tile)).astype(np.float32),
                   "real": normalize(real_u8)}
+        dct = dct_spec(model)
+        real_q = None
+        if dct is not None:
+            # the stream's inputs: random integers and tables (one in four without a table), and real
+            # tiles saved as JPEG with their tables
+            q = rng.integers(1, 100, (n_random, 64)).astype(np.float32)
+            q[::4] = 0
+            inputs["random"] = {"image": inputs["random"], "qtable": q,
+                                "dct": rng.integers(0, dct[1] + 1, (n_random, dct[0], tile // 8, tile // 8)).astype(np.float32)}
+            real_u8, real_q = as_jpeg(real_u8)
+            inputs["real"] = {"image": normalize(real_u8), **extra_inputs(real_u8, real_q, dct)}
         validation["export"] = validate_onnx(model, fp32, inputs, atol, rtol).to_json()
         bar.update()
         if simplify:
@@ -260,14 +273,17 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
                 raise ArtifactError(f"{src}: inputs/outputs {qsig} do not match the FP32 export {want} (names "
                                     f"{INPUT_NAME}, {', '.join(OUTPUT_NAMES)}, tile {tile}, dynamic batch (-1) required)")
             input_formats[p] = qfmt
-            got = run_tiles(qsess, real_u8)  # informative: how far quantization moved the outputs
+            got = run_tiles(qsess, real_u8, real_q)  # informative: how far quantization moved the outputs
             validation[f"vs_fp32_{p}"] = {n: {"max_abs": float(np.abs(g - r).max()), "mean_abs": float(np.abs(g - r).mean())}
                                           for n, g, r in zip(OUTPUT_NAMES, got, ref)}
             files[p] = ONNX_FILES[p]
             quant_manifests.append(qm)
             bar.update()
         bar.set_description("golden outputs")
-        write_golden(tmp, files, golden_input(tile, data))
+        g_u8, g_q = golden_input(tile, data), None
+        if dct is not None:
+            g_u8, g_q = as_jpeg(g_u8)
+        write_golden(tmp, files, g_u8, g_q)
         bar.update()
         cfg_json = read_json(model_dir / "config.json") if model_dir and (model_dir / "config.json").is_file() else {}
         cal, teacher, metrics = _provenance(model_dir, quant_manifests) if model_dir else ({}, {}, {})
@@ -278,7 +294,8 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
             "created": utc_now(),
             "input": {"name": INPUT_NAME, "shape": [-1, 3, tile, tile], "dtype": "float32", "layout": "NCHW",
                       "color": "RGB", "scale": 1 / 255, "mean": mean, "std": std, "tile": tile,
-                      "overlap": spec.overlap, "stride": spec.stride, "grid": spec.grid},
+                      "overlap": spec.overlap, "stride": spec.stride, "grid": spec.grid,
+                      **({"extra": extra_spec(dct, tile)} if dct is not None else {})},
             "outputs": [{"name": "fake_logit", "shape": [-1]}, {"name": "mask_logits", "shape": [-1, 1, tile // 4, tile // 4]}],
             "files": [file_entry(tmp, rel, p, "onnx", "fallback" if p == "fp32" else "accelerated",
                                  **_input_override(input_formats.get(p), tile)) for p, rel in files.items()],
@@ -310,6 +327,17 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
 # thresholds.json and quantize manifests written before they recorded their overlap were all
 # scored at 64: ThresholdConfig and the gate had it fixed, whatever the tile
 LEGACY_OVERLAP = 64
+
+
+def extra_spec(dct: tuple[int, int], tile: int) -> dict[str, Any]:
+    """The manifest's description of the compression-history inputs (runtime.dct says how to make them)."""
+    return {"dct": {"shape": [-1, dct[0], tile // 8, tile // 8], "dtype": "float32", "layout": "NCHW",
+                    "freqs": dct[0], "clip": dct[1],
+                    "what": "min(|round(DCT(Y - 128) / q)|, clip) per 8x8 block of the tile's luma (BT.601), "
+                            "for the first `freqs` zigzag AC coefficients"},
+            "qtable": {"shape": [-1, 64], "dtype": "float32",
+                       "what": "the file's luma quantization table, natural order; all zeros when there is none "
+                               "(not a JPEG, or a tile off the 8x8 grid)"}}
 
 
 def _overlap(asked: int | None, tile: int, thresholds: dict[str, Any], th_path: Path | None) -> int:
@@ -367,6 +395,9 @@ def _check_onnx_io(package: Path, m: dict[str, Any]) -> tuple[list[Problem], dic
 
     want = {m["input"].get("name"): m["input"].get("shape"),
             **{o.get("name"): o.get("shape") for o in m["outputs"] if isinstance(o, dict)}}
+    extra = m["input"].get("extra")
+    if isinstance(extra, dict):
+        want.update({k: v.get("shape") for k, v in extra.items() if isinstance(v, dict)})
     probs, sessions = [], {}
     for f in onnx_files(m):
         rel = f["path"]

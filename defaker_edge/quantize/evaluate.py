@@ -19,9 +19,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# uint8 tiles [N, T, T, 3] -> (fake_logit [N], mask_logits [N, 1, T/4, T/4]); the runner prepares
-# the model's input itself, since the CPU INT8 model takes raw pixels (runtime.tiling.RAW_S2D)
-RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+# (uint8 tiles [N, T, T, 3], their luma tables [N, 64] or None) -> (fake_logit [N], mask_logits
+# [N, 1, T/4, T/4]); the runner prepares the model's inputs itself, since the CPU INT8 model takes
+# raw pixels (runtime.tiling.RAW_S2D) and a compression-history model the DCT stream too
+RunFn = Callable[..., tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
@@ -46,11 +47,16 @@ def torch_runner(model) -> RunFn:
 
     from ..runtime.tiling import normalize
 
-    model.eval()
+    from ..runtime.tiling import extra_inputs
+    from ..student.inputs import dct_spec
 
-    def run(tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    dct = dct_spec(model)
+
+    def run(tiles: np.ndarray, tables: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        more = [torch.from_numpy(v) for v in extra_inputs(tiles, tables, dct).values()]
         with torch.inference_mode():
-            f, m = model(torch.from_numpy(normalize(tiles)))
+            f, m = model(torch.from_numpy(normalize(tiles)), *more)
         return f.float().reshape(-1).numpy(), m.float().numpy()
 
     return run
@@ -63,7 +69,7 @@ def onnx_tile(path: str | os.PathLike) -> int:
     from ..runtime.tiling import model_format, tile_of
 
     m = onnx.load(str(path), load_external_data=False)
-    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims = next(i for i in m.graph.input if i.name not in ("dct", "qtable")).type.tensor_type.shape.dim
     return tile_of(model_format(m), [d.dim_value for d in dims])
 
 
@@ -98,6 +104,7 @@ def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int | N
 
     from ..data.io import load_image, load_mask
     from ..metrics import pixel_scores
+    from ..runtime.dct import read_qtable, tile_tables
     from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, tile_origins
 
     from ..runtime.tiling import default_overlap
@@ -109,9 +116,10 @@ def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int | N
         img = load_image(s.image)
         h, w = img.shape[:2]
         origins = tile_origins(h, w, spec)
+        tables = tile_tables(read_qtable(s.image), origins)
         logits, mls = [], []
         for a in range(0, len(origins), batch):
-            f, m = run(cut_tiles(img, origins[a:a + batch], tile))
+            f, m = run(cut_tiles(img, origins[a:a + batch], tile), tables[a:a + batch])
             logits.append(np.asarray(f, np.float32).reshape(-1))
             mls.append(np.asarray(m, np.float32))
         tl = np.concatenate(logits)

@@ -89,7 +89,8 @@ def calibrate(model, batches: list[np.ndarray], precision: str):
     def forward_loop(m):
         with torch.no_grad():
             for x in tqdm(batches, desc=f"calibrate {precision}", unit="batch", leave=False):
-                m(torch.from_numpy(x))
+                # a tuple: the image and the compression-history stream's inputs
+                m(*[torch.from_numpy(a) for a in (x if isinstance(x, tuple) else (x,))])
 
     # ModelOpt prints progress ("Inserted N quantizers") on stdout, which belongs to --json output
     with contextlib.redirect_stdout(sys.stderr):
@@ -106,15 +107,24 @@ def export_onnx(model, path: str | Path, tile: int, opset: int = 17) -> Path:
     import torch
     import warnings
 
+    from ..runtime.tiling import DCT_KEY
+    from ..student.inputs import dct_spec, dummy_inputs, input_names
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.zeros(2, 3, tile, tile)  # B=2 so the tracer cannot specialize a size-1 batch
+    x = dummy_inputs(model, 2, tile)  # B=2 so the tracer cannot specialize a size-1 batch
+    names = list(input_names(model))
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")  # tracer warnings about python bools in quantizer code
-        torch.onnx.export(model.eval(), (x,), str(path), dynamo=False, opset_version=max(13, opset),
-                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"},
+        torch.onnx.export(model.eval(), x, str(path), dynamo=False, opset_version=max(13, opset),
+                          input_names=names, output_names=list(OUTPUT_NAMES),
+                          dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAMES[0]: {0: "batch"},
                                         OUTPUT_NAMES[1]: {0: "batch"}})
+    spec = dct_spec(model)
+    if spec is not None:
+        from ..export.onnx_export import set_metadata
+
+        set_metadata(path, {DCT_KEY: f"{spec[0]},{spec[1]}"})
     return path
 
 
@@ -151,7 +161,8 @@ def onnx_nodes_for(onnx_path: str | Path, layers: Iterable[str]) -> list[str]:
     return out
 
 
-def fp8_onnx(fp32_onnx: str | Path, out: str | Path, calib: np.ndarray, exclude_nodes: list[str]) -> Path:
+def fp8_onnx(fp32_onnx: str | Path, out: str | Path, calib: np.ndarray, exclude_nodes: list[str],
+             extra: dict[str, np.ndarray] | None = None) -> Path:
     """FP8 E4M3 Q/DQ ONNX from the FP32 ONNX with ModelOpt's ONNX quantizer (CPU calibration).
 
     high_precision_dtype="fp32": the unquantized part stays FP32, so ORT's CPU provider runs the
@@ -176,7 +187,7 @@ def fp8_onnx(fp32_onnx: str | Path, out: str | Path, calib: np.ndarray, exclude_
         src = Path(tmp) / "model.onnx"
         shutil.copyfile(fp32_onnx, src)
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for --json
-            onnx_quantize(str(src), quantize_mode="fp8", calibration_data={INPUT_NAME: calib},
+            onnx_quantize(str(src), quantize_mode="fp8", calibration_data={INPUT_NAME: calib, **(extra or {})},
                           calibration_method="max", calibration_eps=["cpu"],
                           nodes_to_exclude=[f"^{re.escape(n)}$" for n in exclude_nodes] or None,
                           high_precision_dtype="fp32", output_path=str(Path(tmp) / "fp8.onnx"),

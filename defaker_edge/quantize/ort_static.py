@@ -18,9 +18,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def _reader(calib: np.ndarray, input_name: str, batch: int, convert=None):
+def _reader(calib: np.ndarray, input_name: str, batch: int, convert=None, extra: dict | None = None):
     """Batches of `calib` (through `convert`, one batch at a time: the raw path's float copy of the
-    tiles would be 4x the uint8 set)."""
+    tiles would be 4x the uint8 set), with the model's other inputs (`extra`, aligned with calib)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class _Reader(CalibrationDataReader):
@@ -32,7 +32,7 @@ def _reader(calib: np.ndarray, input_name: str, batch: int, convert=None):
             if a is None:
                 return None
             x = calib[a:a + batch]
-            return {input_name: convert(x) if convert else x}
+            return {input_name: convert(x) if convert else x, **{k: v[a:a + batch] for k, v in (extra or {}).items()}}
 
     return _Reader()
 
@@ -45,11 +45,13 @@ def _raw_batch(tiles: np.ndarray) -> np.ndarray:
 
 
 def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarray,
-                        exclude_nodes: list[str] | None = None, batch: int = 8, raw_input: bool = False) -> Path:
+                        exclude_nodes: list[str] | None = None, batch: int = 8, raw_input: bool = False,
+                        feeds: dict[str, np.ndarray] | None = None) -> Path:
     """Write OUT: S8 per-channel weights (7-bit range), U8 activations, QDQ, calibrated on `calib`.
 
     `calib`: normalized float32 [N,3,T,T]; with `raw_input`, uint8 tiles [N,T,T,3], and OUT takes
-    uint8 pixels (runtime.tiling.RAW_S2D; quantize.raw_input says why and how)."""
+    uint8 pixels (runtime.tiling.RAW_S2D; quantize.raw_input says why and how). `feeds`: the
+    model's other inputs for the same tiles (the compression-history stream's dct and qtable)."""
     import sys
 
     if any(m.startswith("modelopt.onnx") for m in sys.modules):
@@ -59,10 +61,11 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
 
         with tempfile.TemporaryDirectory(prefix="defaker-ortq-") as tmp:
             np.save(Path(tmp) / "calib.npy", calib)
+            np.savez(Path(tmp) / "extra.npz", **(feeds or {}))
             proc = mp.get_context("spawn").Process(
                 target=_quantize_from_file,
                 args=(str(fp32_onnx), str(out), str(Path(tmp) / "calib.npy"), list(exclude_nodes or []), batch,
-                      raw_input))
+                      raw_input, str(Path(tmp) / "extra.npz")))
             proc.start()
             proc.join()
             if proc.exitcode != 0 or not Path(out).is_file():
@@ -92,7 +95,8 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
         level = root.level
         root.setLevel(max(level, logging.WARNING))  # ORT logs one INFO line per copied bias on the root logger
         try:
-            quantize_static(str(pre), str(qout), _reader(calib, "image", batch, _raw_batch if raw_input else None),
+            quantize_static(str(pre), str(qout), _reader(calib, "image", batch, _raw_batch if raw_input else None,
+                                                         feeds),
                             quant_format=QuantFormat.QDQ, per_channel=True,
                             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                             calibrate_method=CalibrationMethod.MinMax,
@@ -119,12 +123,14 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
 
 
 def _quantize_from_file(fp32_onnx: str, out: str, calib_npy: str, exclude_nodes: list[str], batch: int,
-                        raw_input: bool) -> None:
-    quantize_ort_static(fp32_onnx, out, np.load(calib_npy), exclude_nodes, batch, raw_input)
+                        raw_input: bool, extra_npz: str) -> None:
+    with np.load(extra_npz) as z:
+        extra = {k: z[k] for k in z.files}
+    quantize_ort_static(fp32_onnx, out, np.load(calib_npy), exclude_nodes, batch, raw_input, extra or None)
 
 
 def speed_ratio(fp32_onnx: str | Path, int8_onnx: str | Path, tiles: np.ndarray, *, repeats: int = 5,
-                threads: int | None = 1) -> dict:
+                threads: int | None = 1, tables: np.ndarray | None = None) -> dict:
     """Time FP32 and INT8 ORT CPU sessions on the same uint8 tiles [N,T,T,3], batch 1, interleaved
     in one run, each fed its own input format (runtime.tiling.prepare; not timed).
 
@@ -142,19 +148,20 @@ def speed_ratio(fp32_onnx: str | Path, int8_onnx: str | Path, tiles: np.ndarray,
         return ort.InferenceSession(str(p), sess_options=session_options(threads),
                                     providers=["CPUExecutionProvider"])
 
-    from ..runtime.backends.onnxruntime import session_input
+    from ..runtime.backends.onnxruntime import session_feeds
 
     t32, t8 = [], []
-    runs = [(s, [session_input(s, t[None]) for t in tiles], acc)
+    tb = [None] * len(tiles) if tables is None else [t[None] for t in tables]
+    runs = [(s, [session_feeds(s, t[None], q) for t, q in zip(tiles, tb)], acc)
             for s, acc in ((session(fp32_onnx), t32), (session(int8_onnx), t8))]
     for s, xs, _ in runs:  # warm-up: first runs allocate and pick kernels
         for xi in xs[:2]:
-            s.run(None, {"image": xi})
+            s.run(None, xi)
     for _ in range(repeats):
         for i in range(len(tiles)):
             for s, xs, acc in runs:
                 t0 = time.perf_counter()
-                s.run(None, {"image": xs[i]})
+                s.run(None, xs[i])
                 acc.append((time.perf_counter() - t0) * 1e3)
     m32, m8 = statistics.median(t32), statistics.median(t8)
     return {"fp32_ms": m32, "int8_ms": m8, "ratio": m32 / m8, "tiles": len(tiles), "repeats": repeats,
@@ -181,7 +188,7 @@ def image_readers(onnx_path: str | Path) -> list[str]:
     import onnx
 
     g = onnx.load(str(onnx_path), load_external_data=False).graph
-    inputs = {i.name for i in g.input}
+    inputs = {i.name for i in g.input} & {"image"}  # the pixels, not the DCT stream's inputs
     return [n.name for n in g.node if any(i in inputs for i in n.input)]
 
 

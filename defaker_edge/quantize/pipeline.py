@@ -73,15 +73,21 @@ class _Builder:
     """Builds the quantized ONNX for a set of FP32-kept layers, sharing one calibration."""
 
     def __init__(self, model, calib: np.ndarray, cfg: QuantConfig, tile: int, work: Path, fp32_onnx: Path,
-                 calib_u8: np.ndarray | None = None, raw_input: bool = False):
+                 calib_u8: np.ndarray | None = None, raw_input: bool = False,
+                 extra: dict[str, np.ndarray] | None = None):
         self.model, self.calib, self.cfg, self.tile, self.work, self.fp32_onnx = model, calib, cfg, tile, work, fp32_onnx
         self.calib_u8, self.raw_input = calib_u8, raw_input
+        self.extra = extra or {}  # the compression-history stream's inputs, aligned with calib
         self._qmodel = None
         self.cpu_fp32_nodes: list[str] = []
 
-    def batches(self, limit: int | None = None) -> list[np.ndarray]:
+    def batches(self, limit: int | None = None) -> list:
+        """Calibration batches: arrays, or (image, dct, qtable) tuples for a compression-history model."""
         x = self.calib if limit is None else self.calib[:limit]
-        return [x[a:a + self.cfg.batch] for a in range(0, len(x), self.cfg.batch)]
+        b = self.cfg.batch
+        if not self.extra:
+            return [x[a:a + b] for a in range(0, len(x), b)]
+        return [(x[a:a + b], *(v[a:a + b] for v in self.extra.values())) for a in range(0, len(x), b)]
 
     def qmodel(self, precision: str | None = None):
         """The calibrated fake-quant torch model (INT8 config for int8/int8-cpu, FP8 for fp8)."""
@@ -115,7 +121,7 @@ class _Builder:
             finally:
                 set_layers_enabled(qm, excluded, True)
         elif self.cfg.precision == "fp8":
-            fp8_onnx(self.fp32_onnx, path, self.calib, nodes)
+            fp8_onnx(self.fp32_onnx, path, self.calib, nodes, self.extra)
         else:
             from .ort_static import image_readers, output_nodes, quantize_ort_static
 
@@ -125,7 +131,7 @@ class _Builder:
             self.cpu_fp32_nodes = readers + output_nodes(self.fp32_onnx)
             quantize_ort_static(self.fp32_onnx, path, self.calib_u8 if self.raw_input else self.calib,
                                 sorted(set(nodes) | set(self.cpu_fp32_nodes)), batch=self.cfg.batch,
-                                raw_input=self.raw_input)
+                                raw_input=self.raw_input, feeds=self.extra)
         return path, nodes
 
 
@@ -152,6 +158,19 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
     from ..runtime.tiling import normalize
 
     calib = np.concatenate([normalize(cs.tiles[order[a:a + 64]]) for a in range(0, len(order), 64)])
+    from ..runtime.tiling import extra_inputs
+    from ..student.inputs import dct_spec
+
+    dct = dct_spec(net)
+    calib_extra: dict[str, np.ndarray] = {}
+    if dct is not None:  # the stream's inputs for the same tiles, from each tile's recorded table
+        if cs.qtables is None:
+            log.warning("%s was built before tiles recorded their JPEG tables: the DCT stream is "
+                        "calibrated as if no tile came from a JPEG (rebuild it with `defaker calibrate build`)",
+                        calib_dir)
+        parts = [extra_inputs(cs.tiles[order[a:a + 64]], cs.tables()[order[a:a + 64]], dct)
+                 for a in range(0, len(order), 64)]
+        calib_extra = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     from ..runtime.tiling import check_overlap, default_overlap
 
@@ -188,7 +207,7 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
             if why:
                 log.info("int8-cpu keeps the normalized float input: %s", why)
         builder = _Builder(net, calib, cfg, tile, work, fp32_onnx, calib_u8=cs.tiles[order] if raw else None,
-                           raw_input=raw)
+                           raw_input=raw, extra=calib_extra)
         layers = builder.layers()  # walks the calibrated model once
         excluded = matching(layers, cfg.exclude)
         if cfg.exclude and not excluded:
@@ -245,7 +264,8 @@ def quantize(model: Any, calib_dir: str | os.PathLike, cfg: QuantConfig) -> Quan
         if cfg.precision == "int8-cpu":
             from .ort_static import speed_ratio
 
-            speed = speed_ratio(fp32_onnx, qpath, cs.tiles[order[:cfg.bench_tiles]], threads=cfg.bench_threads)
+            speed = speed_ratio(fp32_onnx, qpath, cs.tiles[order[:cfg.bench_tiles]], threads=cfg.bench_threads,
+                                tables=cs.tables()[order[:cfg.bench_tiles]])
             log.info("int8-cpu vs fp32 (ORT CPU, batch 1, %d px): %.2fx (%.1f ms vs %.1f ms)", tile,
                      speed["ratio"], speed["int8_ms"], speed["fp32_ms"])
 

@@ -64,14 +64,20 @@ def _set_attr(node, name: str, value) -> None:
     node.attribute.append(helper.make_attribute(name, value))
 
 
+def _image_input(g):
+    return next(i for i in g.input if i.name == INPUT)
+
+
 def _front(g):
     """(front conv, clip, stem conv) or Unsupported with why."""
     consumers: dict[str, list] = {}
     for n in g.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    if len(g.input) != 1 or g.input[0].name != INPUT:
-        raise Unsupported(f"expected one input named {INPUT!r}")
+    names = [i.name for i in g.input]
+    # the compression-history stream's inputs (dct, qtable) may sit beside the image: untouched here
+    if not names or names[0] != INPUT or any(n not in (INPUT, "dct", "qtable") for n in names):
+        raise Unsupported(f"expected the input {INPUT!r} first (and at most dct, qtable beside it), got {names}")
     readers = consumers.get(INPUT, [])
     if len(readers) != 1 or readers[0].op_type != "Conv":
         raise Unsupported("the image is not read by exactly one Conv (no residual front end)")
@@ -198,7 +204,7 @@ def fold_raw_input(fp32_onnx: str | os.PathLike, out: str | os.PathLike,
     put(stem.input[1], s.reshape(s.shape[0], o_n, h, 2, h, 2).transpose(0, 1, 3, 5, 2, 4).reshape(s.shape[0], o_n * 4, h, h))
     _set_attr(stem, "kernel_shape", [h, h])
     _set_attr(stem, "strides", [h, h])
-    dims = g.input[0].type.tensor_type.shape.dim
+    dims = _image_input(g).type.tensor_type.shape.dim
     tile = int(dims[-1].dim_value)
     if tile <= 0 or tile % 2:
         raise Unsupported("the input's tile size is not static and even")
@@ -244,7 +250,7 @@ def uint8_input(qdq_onnx: str | os.PathLike, out: str | os.PathLike, meta: dict[
                  helper.make_node("Cast", [nchw], [nchw + "_f32"], to=TensorProto.FLOAT, name="raw_input/cast")]
     for n in reversed(first):
         g.node.insert(0, n)
-    t = g.input[0].type.tensor_type
+    t = _image_input(g).type.tensor_type
     t.elem_type = TensorProto.UINT8
     d = t.shape.dim
     c, hh = d[1].dim_value, d[2].dim_value

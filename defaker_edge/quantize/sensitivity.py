@@ -32,7 +32,7 @@ def _outputs(model, batches: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     fs, ms = [], []
     with torch.no_grad():
         for x in batches:
-            f, m = model(torch.from_numpy(x))
+            f, m = model(*[torch.from_numpy(a) for a in (x if isinstance(x, tuple) else (x,))])
             fs.append(_sig(f.float().reshape(-1).numpy()))
             ms.append(_sig(m.float().numpy()))
     return np.concatenate(fs), np.concatenate(ms)

@@ -26,6 +26,7 @@ import numpy as np
 from ..data.io import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..errors import ArtifactError, DefakerError
 from . import tiling
+from .dct import read_qtable, tile_tables
 from .backends.base import Backend, BackendUnavailable
 from .package import FileEntry, Golden, Package, golden_mismatch, load_golden, load_package, verify_file
 from .stitch import MaskStitcher, sigmoid, upsample_probs
@@ -113,6 +114,9 @@ class _Job:
     done: int = 0
     error: str | None = None  # a run-time problem on this path (exception, nan)
     decode_error: DefakerError | None = None
+    # the file's luma quantization table (runtime.dct; None: an array, or no JPEG): the
+    # compression-history stream's second input
+    qtable: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -305,7 +309,7 @@ class Detector:
                 from .backends.tensorrt import TrtBackend
 
                 be = TrtBackend(pkg.path_of(c.entry), c.entry, pkg.tile, input_name=pkg.input_name,
-                                max_batch=batch_size, trt=trt, cudart=cudart)
+                                max_batch=batch_size, trt=trt, cudart=cudart, dct=pkg.dct)
             else:
                 from .backends.onnxruntime import OrtBackend
 
@@ -313,7 +317,7 @@ class Detector:
                                 input_name=pkg.input_name, threads=threads)
         if golden is not None:
             try:
-                fake, mask = be.run_tiles(golden.input_u8)
+                fake, mask = be.run_tiles(golden.input_u8, golden.qtable)
             except Exception as e:  # a backend that cannot run its own golden input is broken
                 be.close()
                 raise BackendUnavailable(f"golden self-test: {type(e).__name__}: {e}") from None
@@ -360,8 +364,10 @@ class Detector:
         h, w = img.shape[:2]
         origins = tiling.tile_origins(h, w, self.spec)
         st = MaskStitcher(h, w, self.spec.tile, self.spec.overlap) if mask != "none" else None
+        # the table is in the header: Pillow parses it without decoding (a fraction of a ms)
+        q = read_qtable(src) if isinstance(src, (str, Path, bytes, bytearray, memoryview)) else None
         return _Job(name=label, img=img, origins=origins, logits=np.full(len(origins), np.nan, np.float32),
-                    stitcher=st, decode_ms=(time.perf_counter() - t) * 1e3)
+                    stitcher=st, decode_ms=(time.perf_counter() - t) * 1e3, qtable=q)
 
     def _stream(self, jobs: Iterable[_Job], backend: Backend) -> Iterator[_Job]:
         """Run every job's tiles through `backend` in batches that may span images; yield jobs in order
@@ -378,15 +384,17 @@ class Detector:
         W = self.workers if backend.concurrent and self._pool is not None else 1
         fmt = backend.input_format
         bufs = [tiling.input_buffer(fmt, B, T) for _ in range(W)]
+        # the compression-history inputs, batch buffers beside the image's (empty for other models)
+        ebufs = [tiling.extra_inputs(np.zeros((B, T, T, 3), np.uint8), None, backend.dct) for _ in range(W)]
         cur = 0
         refs: list[tuple[_Job, int]] = []
         pending: deque[tuple[Any, list[tuple[_Job, int]]]] = deque()
         inflight: deque[_Job] = deque()
 
-        def run(x: np.ndarray) -> tuple[Any, Any, Any, str | None, float]:
+        def run(x: np.ndarray, extra: dict[str, np.ndarray]) -> tuple[Any, Any, Any, str | None, float]:
             t0 = time.perf_counter()
             try:
-                fake, mask = backend.run(x)
+                fake, mask = backend.run(x, extra or None)
                 bad = ~np.isfinite(fake) | ~np.isfinite(mask.reshape(len(x), -1)).all(axis=1)
                 return fake, mask, bad, None, (time.perf_counter() - t0) * 1e3
             except Exception as e:  # any backend failure re-runs these images on the fallback path
@@ -416,7 +424,8 @@ class Detector:
             if not refs:
                 return
             x = bufs[cur][:len(refs)]
-            pending.append((self._pool.submit(run, x) if W > 1 else run(x), list(refs)))
+            e = {k: v[:len(refs)] for k, v in ebufs[cur].items()}
+            pending.append((self._pool.submit(run, x, e) if W > 1 else run(x, e), list(refs)))
             refs.clear()
             cur = (cur + 1) % W
             if len(pending) >= W:  # the next buffer is the oldest batch's: wait for it first
@@ -438,7 +447,8 @@ class Detector:
                     continue
                 k = len(refs)
                 tp = time.perf_counter()
-                self._prepare(job.img, job.origins[i:i + take], bufs[cur][k:k + take], fmt)
+                self._prepare(job.img, job.origins[i:i + take], bufs[cur][k:k + take], fmt,
+                              {n: v[k:k + take] for n, v in ebufs[cur].items()}, job.qtable, backend.dct)
                 job.prep_ms += (time.perf_counter() - tp) * 1e3
                 refs.extend((job, j) for j in range(i, i + take))
                 i += take
@@ -456,18 +466,28 @@ class Detector:
         while inflight:
             yield inflight.popleft()
 
-    def _prepare(self, img: np.ndarray, origins: list[tuple[int, int]], out: np.ndarray, fmt: str) -> None:
+    def _prepare(self, img: np.ndarray, origins: list[tuple[int, int]], out: np.ndarray, fmt: str,
+                 extra: dict[str, np.ndarray] | None = None, qtable: np.ndarray | None = None,
+                 dct: tuple[int, int] | None = None) -> None:
         """Cut `origins` from img into `out` as the backend's input (`fmt`: normalized float, or the
-        INT8-CPU model's raw pixels), in parallel when it pays."""
+        INT8-CPU model's raw pixels), and the compression-history inputs into `extra` when the model
+        takes them, in parallel when it pays."""
         T = self.spec.tile
         n = len(origins)
+        tables = tile_tables(qtable, origins) if (dct and qtable is not None) else None
+
+        def fill(a: int, b: int) -> None:
+            tiles = tiling.cut_tiles(img, origins[a:b], T)
+            tiling.prepare(tiles, fmt, out=out[a:b])
+            for k, v in tiling.extra_inputs(tiles, None if tables is None else tables[a:b], dct).items():
+                extra[k][a:b] = v
+
         if self._prep is None or n < 2:
-            tiling.prepare(tiling.cut_tiles(img, origins, T), fmt, out=out)
+            fill(0, n)
             return
         parts = min(n, self._prep_n)
         bounds = [round(j * n / parts) for j in range(parts + 1)]
-        futs = [self._prep.submit(lambda a, b: tiling.prepare(tiling.cut_tiles(img, origins[a:b], T), fmt, out=out[a:b]),
-                                  bounds[j], bounds[j + 1]) for j in range(parts)]
+        futs = [self._prep.submit(fill, bounds[j], bounds[j + 1]) for j in range(parts)]
         for f in futs:
             f.result()
 
@@ -497,7 +517,7 @@ class Detector:
                 reason = f"{reason}; not re-run ({self._fp_error})"
             else:
                 t0 = time.perf_counter()
-                redo = _Job(name=job.name, img=job.img, origins=job.origins,
+                redo = _Job(name=job.name, img=job.img, origins=job.origins, qtable=job.qtable,
                             logits=np.full(job.n, np.nan, np.float32),
                             stitcher=MaskStitcher(*job.img.shape[:2], self.spec.tile, self.spec.overlap)
                             if job.stitcher is not None else None)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..artifacts import sha256_file
 from ..errors import ArtifactError
+from .tiling import parse_dct
 
 FORMAT = "defaker-package/1"
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu", "fp8")
@@ -71,6 +72,8 @@ class Package:
     thresholds: Thresholds
     golden_file: str | None
     golden_atol: dict[str, float]
+    # the compression-history stream's (frequencies, clip), from input.extra.dct; None: image only
+    dct: tuple[int, int] | None = None
 
     def path_of(self, entry: FileEntry) -> Path:
         return self.root / entry.path
@@ -184,12 +187,22 @@ def load_package(package: str | Path | None = None) -> Package:
         raise ArtifactError(f"{mpath}: the files list is empty")
     golden = m.get("golden") or {}
     atol = {str(k): float(v) for k, v in (golden.get("atol") or {}).items() if v is not None}
+    dct = None
+    extra = inp.get("extra")
+    if extra is not None:
+        d = extra.get("dct") if isinstance(extra, dict) else None
+        if not isinstance(d, dict) or "freqs" not in d or "clip" not in d:
+            raise ArtifactError(f"{mpath}: input.extra must hold dct {{freqs, clip, ...}} and qtable")
+        try:
+            dct = parse_dct(f"{d['freqs']},{d['clip']}")
+        except ValueError as e:
+            raise ArtifactError(f"{mpath}: input.extra.dct: {e}") from None
     return Package(
         root=root, manifest=m, files=files, tile=tile, overlap=overlap,
         input_name=str(inp.get("name", "image")),
         mean=tuple(inp.get("mean", (0.485, 0.456, 0.406))), std=tuple(inp.get("std", (0.229, 0.224, 0.225))),
         thresholds=_thresholds(m.get("thresholds"), mpath),
-        golden_file=golden.get("file"), golden_atol=atol)
+        golden_file=golden.get("file"), golden_atol=atol, dct=dct)
 
 
 def verify_file(pkg: Package, entry: FileEntry) -> str | None:
@@ -208,6 +221,8 @@ def verify_file(pkg: Package, entry: FileEntry) -> str | None:
 class Golden:
     input_u8: np.ndarray  # uint8 [1, T, T, 3]
     outputs: dict[str, tuple[np.ndarray, np.ndarray]]  # precision -> (fake_logit, mask_logits)
+    # the golden tile's luma quantization table [1, 64] (compression-history models); None: none
+    qtable: np.ndarray | None = None
 
 
 def load_golden(pkg: Package) -> Golden | None:
@@ -230,7 +245,9 @@ def load_golden(pkg: Package) -> Golden | None:
             p = k[len("fake_logit__"):]
             if f"mask_logits__{p}" in data:
                 outs[p] = (data[k], data[f"mask_logits__{p}"])
-    return Golden(input_u8=data["input_u8"].astype(np.uint8), outputs=outs)
+    q = data.get("qtable")
+    return Golden(input_u8=data["input_u8"].astype(np.uint8), outputs=outs,
+                  qtable=None if q is None else np.asarray(q, np.float32).reshape(-1, 64))
 
 
 def golden_mismatch(golden: Golden, precision: str, atol: float, fake_logit: np.ndarray,

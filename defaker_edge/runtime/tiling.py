@@ -189,6 +189,42 @@ def prepare(tiles: np.ndarray, fmt: str = NORMALIZED, out: np.ndarray | None = N
     return normalize(tiles, out)
 
 
+# A model with the compression-history stream (runtime.dct) declares it in its ONNX metadata as
+# "F,C" (frequencies, clip) and takes two more inputs beside the image: EXTRA_INPUTS.
+DCT_KEY = "defaker.dct"
+EXTRA_INPUTS = ("dct", "qtable")
+
+
+def parse_dct(value: str | None) -> tuple[int, int] | None:
+    """(frequencies, clip) from a DCT_KEY metadata value; None for a model without the stream."""
+    if not value:
+        return None
+    try:
+        f, c = (int(v) for v in str(value).split(","))
+    except ValueError:
+        raise ValueError(f"bad {DCT_KEY} metadata {value!r} (expected 'frequencies,clip')") from None
+    if not (1 <= f <= 63 and 1 <= c <= 127):
+        raise ValueError(f"bad {DCT_KEY} metadata {value!r}: frequencies 1..63, clip 1..127")
+    return f, c
+
+
+def model_dct(model) -> tuple[int, int] | None:
+    """The DCT stream an ONNX ModelProto declares (duck-typed: no onnx import here)."""
+    return parse_dct({p.key: p.value for p in model.metadata_props}.get(DCT_KEY))
+
+
+def extra_inputs(tiles: np.ndarray, tables: np.ndarray | None, dct: tuple[int, int] | None) -> dict[str, np.ndarray]:
+    """The inputs beside the image for uint8 tiles [N, T, T, 3] and their files' luma tables [N, 64]
+    (None: no table, e.g. an array handed to the API): {} for a model without the stream."""
+    if dct is None:
+        return {}
+    from .dct import NO_TABLE, dct_stream
+
+    n = len(tiles)
+    q = np.broadcast_to(NO_TABLE, (n, 64)) if tables is None else np.asarray(tables, np.float32).reshape(n, 64)
+    return {"dct": dct_stream(tiles, q, *dct), "qtable": np.ascontiguousarray(q, dtype=np.float32)}
+
+
 def aggregate_logits(tile_logits: np.ndarray) -> float:
     """One image logit from its tiles' logits: the maximum.
 

@@ -151,6 +151,8 @@ PRESETS: dict[str, StudentConfig] = {
     # block + the compression-history stream (DCT coefficients and the file's quantization table):
     # the default since the real-photo data (README, "Compression history")
     "block-dct-s": _block("block-dct-s", [16, 32, 48], [[16], [32], [48]], 16, 16, 8, dct=8, dct_width=16),
+    # block-dct without the stream: the residual-only arm of the ablation (README)
+    "block-res": _block("block-res", [32, 64, 96], [[32, 32], [64], [96]], 32, 24, 16),
     "block-dct": _block("block-dct", [32, 64, 96], [[32, 32], [64], [96]], 32, 24, 16, dct=24, dct_width=32),
     # pruned-teacher students: the tiny one for tests; the others are InternViT-shaped towers that a
     # teacher checkpoint initialises (dims then come from the checkpoint) before LoRA pruning.

@@ -79,7 +79,7 @@ def load_student(path: str | os.PathLike, map_location: str = "cpu") -> tuple[nn
 
 def export_onnx(model: nn.Module, tile: int, path: str | os.PathLike, opset: int = 17) -> Path:
     """The student as ONNX: input `image` [B,3,T,T], outputs `fake_logit` [B], `mask_logits` [B,1,T/4,T/4]."""
-    from .inputs import dummy_inputs, input_names
+    from .inputs import dct_spec, dummy_inputs, input_names
 
     model = getattr(model, "module", model).eval()
     x = dummy_inputs(model, 1, tile)
@@ -90,4 +90,10 @@ def export_onnx(model: nn.Module, tile: int, path: str | os.PathLike, opset: int
                           input_names=names, output_names=["fake_logit", "mask_logits"],
                           dynamic_axes={**{n: {0: "batch"} for n in names}, "fake_logit": {0: "batch"},
                                         "mask_logits": {0: "batch"}})
+    spec = dct_spec(model)
+    if spec is not None:  # the runtime prepares the stream's inputs by this (runtime.tiling.DCT_KEY)
+        from ..export.onnx_export import set_metadata
+        from ..runtime.tiling import DCT_KEY
+
+        set_metadata(path, {DCT_KEY: f"{spec[0]},{spec[1]}"})
     return Path(path)

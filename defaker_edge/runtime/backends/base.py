@@ -35,14 +35,18 @@ class Backend(ABC):
     concurrent: bool = False
     # what run() takes (runtime.tiling: NORMALIZED, or RAW_S2D for the CPU INT8 model on raw pixels)
     input_format: str = tiling.NORMALIZED
+    # the compression-history stream's (frequencies, clip) when the model takes (image, dct, qtable)
+    dct: tuple[int, int] | None = None
 
     @abstractmethod
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A batch in input_format -> (fake_logit float32 [N], mask_logits float32 [N,1,T/4,T/4])."""
+    def run(self, batch: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A batch in input_format (+ the model's other inputs by name, tiling.extra_inputs) ->
+        (fake_logit float32 [N], mask_logits float32 [N,1,T/4,T/4])."""
 
-    def run_tiles(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 tiles [N,T,T,3] -> run() on them in this backend's input format."""
-        return self.run(tiling.prepare(tiles, self.input_format))
+    def run_tiles(self, tiles: np.ndarray, tables: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 tiles [N,T,T,3] (+ their files' luma tables [N, 64], None: none) -> run() on them
+        in this backend's input format."""
+        return self.run(tiling.prepare(tiles, self.input_format), tiling.extra_inputs(tiles, tables, self.dct))
 
     def close(self) -> None:  # release device memory; a no-op for host backends
         pass

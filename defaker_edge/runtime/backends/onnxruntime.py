@@ -88,6 +88,22 @@ def session_input(session, tiles: np.ndarray) -> np.ndarray:
     return tiling.prepare(tiles, input_format(session))
 
 
+def session_dct(session) -> tuple[int, int] | None:
+    """The compression-history stream an ORT session's model declares (tiling.DCT_KEY), or None."""
+    meta = getattr(session, "get_modelmeta", None)
+    if meta is None:
+        return None
+    return tiling.parse_dct(meta().custom_metadata_map.get(tiling.DCT_KEY))
+
+
+def session_feeds(session, tiles: np.ndarray, tables: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every input of `session`'s model for uint8 tiles (and their files' luma tables), by name."""
+    names = [i.name for i in session.get_inputs()]
+    feeds = {names[0]: session_input(session, tiles)}
+    feeds.update(tiling.extra_inputs(tiles, tables, session_dct(session)))
+    return feeds
+
+
 class OrtBackend(Backend):
     name = "onnxruntime"
 
@@ -111,13 +127,17 @@ class OrtBackend(Backend):
         if self.provider != provs[0]:
             log.info("%s: asked for %s, onnxruntime runs it on %s", self.path.name, provs[0], self.provider)
         inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise BackendUnavailable(f"{self.path.name}: expected one input, found {len(inputs)}")
-        self.input_name = inputs[0].name
         try:
             self.input_format = input_format(self.session)
+            self.dct = session_dct(self.session)
         except ValueError as e:
             raise BackendUnavailable(f"{self.path.name}: {e}") from None
+        want = 1 + (len(tiling.EXTRA_INPUTS) if self.dct else 0)
+        names = [i.name for i in inputs]
+        if len(inputs) != want or (self.dct and tuple(names[1:]) != tiling.EXTRA_INPUTS):
+            raise BackendUnavailable(f"{self.path.name}: expected inputs "
+                                     f"{['image', *(tiling.EXTRA_INPUTS if self.dct else ())]}, found {names}")
+        self.input_name = inputs[0].name
         self._dtype = tiling.input_dtype(self.input_format)
         if input_name and input_name != self.input_name:
             log.warning("%s: input is named %r, the manifest says %r", self.path.name, self.input_name, input_name)
@@ -127,11 +147,17 @@ class OrtBackend(Backend):
         if len(self.outputs) != 2:
             raise BackendUnavailable(f"{self.path.name}: expected outputs fake_logit and mask_logits, found {outs}")
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self._dtype is np.uint8 and batch.dtype != np.uint8:
             # a float batch cast to uint8 would wrap silently: the caller prepared the wrong format
             raise ValueError(f"{self.path.name} takes {self.input_format} (uint8 pixels), got a {batch.dtype} batch: "
                              "prepare tiles with tiling.prepare(tiles, backend.input_format) or use run_tiles")
         x = np.ascontiguousarray(batch, dtype=self._dtype)
-        fake, mask = self.session.run(self.outputs, {self.input_name: x})
+        feeds = {self.input_name: x}
+        if self.dct:
+            if not extra or any(k not in extra for k in tiling.EXTRA_INPUTS):
+                raise ValueError(f"{self.path.name} also takes {', '.join(tiling.EXTRA_INPUTS)}: "
+                                 "make them with tiling.extra_inputs or use run_tiles")
+            feeds.update({k: np.ascontiguousarray(extra[k], dtype=np.float32) for k in tiling.EXTRA_INPUTS})
+        fake, mask = self.session.run(self.outputs, feeds)
         return check_outputs(fake, mask, x.shape[0], self.tile)

@@ -85,7 +85,7 @@ class TrtBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, path: str | os.PathLike, entry: FileEntry, tile: int, *, input_name: str = "image",
-                 max_batch: int = 8, trt: Any = None, cudart: Any = None):
+                 max_batch: int = 8, trt: Any = None, cudart: Any = None, dct: tuple[int, int] | None = None):
         self.trt = trt if trt is not None else import_tensorrt()
         self.cudart = cudart if cudart is not None else import_cudart()
         self.precision = entry.precision
@@ -108,9 +108,13 @@ class TrtBackend(Backend):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         ins = [n for n in names if self.engine.get_tensor_mode(n) == self.trt.TensorIOMode.INPUT]
         outs = [n for n in names if n not in ins]
-        if len(ins) != 1 or len(outs) != 2:
-            raise BackendUnavailable(f"engine has inputs {ins} and outputs {outs}; expected 1 and 2")
-        self.input = ins[0]
+        # the compression-history stream's inputs (dct, qtable) beside the image (the manifest's input.extra)
+        self.dct = dct
+        want_in = 3 if self.dct else 1
+        if len(ins) != want_in or len(outs) != 2:
+            raise BackendUnavailable(f"engine has inputs {ins} and outputs {outs}; expected {want_in} and 2")
+        self.input = [n for n in ins if n not in ("dct", "qtable")][0]
+        self.extra_names = [n for n in ins if n in ("dct", "qtable")]
         if self.input != input_name:
             log.warning("engine input is named %r, the manifest says %r", self.input, input_name)
         self.outputs = ["fake_logit", "mask_logits"] if {"fake_logit", "mask_logits"} <= set(outs) else outs
@@ -126,6 +130,9 @@ class TrtBackend(Backend):
         q = tile // 4
         full = {self.input: (self.max_batch, 3, tile, tile), self.outputs[0]: (self.max_batch,),
                 self.outputs[1]: (self.max_batch, 1, q, q)}
+        if self.dct:
+            full["dct"] = (self.max_batch, self.dct[0], tile // 8, tile // 8)
+            full["qtable"] = (self.max_batch, 64)
         self.dev: dict[str, int] = {}
         try:
             for n in names:
@@ -135,16 +142,20 @@ class TrtBackend(Backend):
             self.close()
             raise BackendUnavailable(f"could not allocate device buffers: {e}") from None
 
-    def _one(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _one(self, batch: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         n = batch.shape[0]
         run_n = self.static_batch or n
-        x = np.zeros((run_n, *batch.shape[1:]), dtype=self.dtypes[self.input])
-        x[:n] = batch
         cu, kind = self.cudart, self.cudart.cudaMemcpyKind
-        if not self.context.set_input_shape(self.input, tuple(x.shape)):
-            raise RuntimeError(f"set_input_shape{tuple(x.shape)} rejected by the engine")
-        _cuda(cu, cu.cudaMemcpyAsync(self.dev[self.input], x.ctypes.data, x.nbytes,
-                                     kind.cudaMemcpyHostToDevice, self.stream), "cudaMemcpyAsync H2D")
+        feeds = {self.input: batch, **{k: (extra or {})[k] for k in self.extra_names}}
+        staged = []  # kept alive until the stream is synchronized
+        for name, arr in feeds.items():
+            x = np.zeros((run_n, *arr.shape[1:]), dtype=self.dtypes[name])
+            x[:n] = arr
+            staged.append(x)
+            if not self.context.set_input_shape(name, tuple(x.shape)):
+                raise RuntimeError(f"set_input_shape({name}, {tuple(x.shape)}) rejected by the engine")
+            _cuda(cu, cu.cudaMemcpyAsync(self.dev[name], x.ctypes.data, x.nbytes,
+                                         kind.cudaMemcpyHostToDevice, self.stream), "cudaMemcpyAsync H2D")
         host = {}
         for name in self.outputs:
             host[name] = np.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name])
@@ -161,14 +172,17 @@ class TrtBackend(Backend):
         fake, mask = host[self.outputs[0]][:n], host[self.outputs[1]][:n]
         return check_outputs(fake, mask, n, self.tile)
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.dct and (not extra or any(k not in extra for k in self.extra_names)):
+            raise ValueError("this engine also takes dct and qtable (tiling.extra_inputs)")
         with self._lock:
-            return self._run_locked(batch)
+            return self._run_locked(batch, extra)
 
-    def _run_locked(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _run_locked(self, batch: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         fakes, masks = [], []
         for s in range(0, batch.shape[0], self.max_batch):
-            f, m = self._one(batch[s:s + self.max_batch])
+            part = {k: v[s:s + self.max_batch] for k, v in (extra or {}).items()}
+            f, m = self._one(batch[s:s + self.max_batch], part)
             fakes.append(f)
             masks.append(m)
         return np.concatenate(fakes), np.concatenate(masks)

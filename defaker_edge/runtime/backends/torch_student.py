@@ -35,12 +35,16 @@ class TorchBackend(Backend):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, _cfg = load_student(d)
         self.model = model.to(self.device).eval().float()
+        s = getattr(model, "dct", None)
+        self.dct = (int(s.freqs), int(s.clip)) if s is not None else None
         self.provider = f"torch {torch.__version__} {self.device}"
         self.tile = tile
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-            fake, mask = self.model(x)
+            more = [torch.from_numpy(np.ascontiguousarray(extra[k], dtype=np.float32)).to(self.device)
+                    for k in ("dct", "qtable")] if self.dct else []
+            fake, mask = self.model(x, *more)
             return check_outputs(fake.float().cpu().numpy(), mask.float().cpu().numpy(), x.shape[0], self.tile)
