@@ -111,23 +111,27 @@ def part_student(args, device, budget: Budget, dtype_name: str, graphs: bool) ->
     n_img = n_tiles_per_image(args.image_size, T)
     res = {"weights": weights, "tile": T, "tiles_per_image": n_img, "dtype": dtype_name,
            "params": sum(p.numel() for p in model.parameters())}
+    from defaker_edge.student.inputs import dummy_inputs
+
     for name, b in (("per_tile_ms", 1), ("per_image_ms", n_img)):
-        x = torch.randn(b, 3, T, T, device=device, dtype=dtype)
+        # the image, then the compression-history stream's inputs where the student has them
+        xs = [a.to(device, dtype) for a in dummy_inputs(model, b, T)]
+        xs[0] = torch.randn(b, 3, T, T, device=device, dtype=dtype)
         with torch.inference_mode():
             if graphs:
                 s = torch.cuda.Stream()
                 s.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(s):  # warm-up on a side stream before capture, as PyTorch asks
                     for _ in range(3):
-                        model(x)
+                        model(*xs)
                 torch.cuda.current_stream().wait_stream(s)
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g):
-                    model(x)
+                    model(*xs)
                 fn = g.replay
             else:
                 def fn():
-                    model(x)
+                    model(*xs)
             ms = timed(fn, args.runs, args.warmup, device, budget, reserve=args.reserve_s)
         res[name] = pct(ms)
     if device.type == "cuda":
@@ -201,12 +205,22 @@ class TorchSession:
     def get_providers(self):
         return [f"torch-{self.device.type}"]
 
+    def get_modelmeta(self):
+        # what an exported file declares: the compression-history stream, for the feeds' helper
+        from defaker_edge.runtime.tiling import DCT_KEY
+        from defaker_edge.student.inputs import dct_spec
+
+        spec = dct_spec(self.model)
+        meta = {DCT_KEY: f"{spec[0]},{spec[1]}"} if spec else {}
+        return type("M", (), {"custom_metadata_map": meta})()
+
     def run(self, names, feed):
         import torch
 
         with torch.inference_mode():
             x = torch.from_numpy(feed["image"]).to(self.device, self.dtype)
-            f, m = self.model(x)
+            more = [torch.from_numpy(feed[k]).to(self.device, self.dtype) for k in ("dct", "qtable") if k in feed]
+            f, m = self.model(x, *more)
         return [f.float().cpu().numpy(), m.float().cpu().numpy()]
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError
 from ..runtime.stitch import MaskStitcher, sigmoid
-from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, prepare, tile_origins
+from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, extra_inputs, prepare, tile_origins
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +79,19 @@ class OnnxPredictor:
         self.batch = fixed or batch  # None: all tiles of an image in one batch (what the runtime does)
         self.in_name = self.sess.get_inputs()[0].name
         self.out_names = [o.name for o in self.sess.get_outputs()]
-        from ..runtime.backends.onnxruntime import input_format
+        from ..runtime.backends.onnxruntime import input_format, session_dct
 
         self.input_format = input_format(self.sess)
+        self.dct = session_dct(self.sess)
 
-    def run_tiles(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Model inputs [N, ...] (tiling.prepare) -> (fake_logit [N], mask_logits [N,1,t,t]), chunked by the batch size."""
+    def run_tiles(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Model inputs [N, ...] (tiling.prepare; the DCT stream's in `extra`, tiling.extra_inputs) ->
+        (fake_logit [N], mask_logits [N,1,t,t]), chunked by the batch size."""
         bs = self.batch or len(x)
         logits, masks = [], []
         for i in range(0, len(x), bs):
-            fl, ml = self.sess.run(self.out_names[:2], {self.in_name: x[i:i + bs]})
+            feeds = {self.in_name: x[i:i + bs], **{k: v[i:i + bs] for k, v in (extra or {}).items()}}
+            fl, ml = self.sess.run(self.out_names[:2], feeds)
             logits.append(np.asarray(fl).reshape(-1))
             masks.append(np.asarray(ml))
         return np.concatenate(logits), np.concatenate(masks)
@@ -98,9 +101,11 @@ class OnnxPredictor:
         h, w = img.shape[:2]
         T = self.spec.tile
         origins = tile_origins(h, w, self.spec)
-        x = prepare(cut_tiles(img, origins, T), self.input_format)
+        tiles = cut_tiles(img, origins, T)
+        x = prepare(tiles, self.input_format)
+        extra = extra_inputs(tiles, None, self.dct)  # an array has no file, so no table
         t1 = time.perf_counter()
-        fl, ml = self.run_tiles(x)
+        fl, ml = self.run_tiles(x, extra)
         t2 = time.perf_counter()
         # the runtime's own stitcher, so the raw-ONNX path blends and upsamples exactly as it does
         stitcher = MaskStitcher(h, w, T, self.spec.overlap)

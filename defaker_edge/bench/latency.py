@@ -148,9 +148,9 @@ def _random_pixels(rng: np.random.Generator, b: int, tile: int) -> np.ndarray:
 
 
 def _session_run(sess):
-    """x -> sess.run(all outputs, {its one input: x})."""
-    name, outs = sess.get_inputs()[0].name, [o.name for o in sess.get_outputs()]
-    return lambda x: sess.run(outs, {name: x})
+    """feeds (every input by name: runtime.backends.onnxruntime.session_feeds) -> sess.run(all outputs)."""
+    outs = [o.name for o in sess.get_outputs()]
+    return lambda feeds: sess.run(outs, feeds)
 
 
 def measure_onnx(job: dict) -> dict:
@@ -160,7 +160,7 @@ def measure_onnx(job: dict) -> dict:
     when it loads; otherwise through the bench's ONNX adapter, and the row says why. The per-tile
     and throughput runs use the same ORT session, so the peak RSS is one model's.
     """
-    from ..runtime.backends.onnxruntime import session_input
+    from ..runtime.backends.onnxruntime import session_feeds
     from .adapter import DetectorPredictor, OnnxPredictor, make_session, static_batch
 
     base = _proc_status_mb("VmRSS")
@@ -186,7 +186,7 @@ def measure_onnx(job: dict) -> dict:
     rng = np.random.default_rng(int(job.get("seed", 0)))
     fixed = static_batch(sess)
     run = _session_run(sess)
-    x1 = session_input(sess, _random_pixels(rng, 1, T))
+    x1 = session_feeds(sess, _random_pixels(rng, 1, T))
     cpu0 = cpu_seconds()
     per_tile = _timed(lambda: run(x1), runs, warmup)
     img = bench_image(int(job["image_size"]), int(job.get("seed", 0)))
@@ -213,7 +213,7 @@ def measure_onnx(job: dict) -> dict:
     for b in job.get("batches", [1, 2, 4, 8]):
         if fixed and b != fixed:
             continue
-        xs = [session_input(sess, _random_pixels(rng, int(b), T)) for _ in range(streams)]
+        xs = [session_feeds(sess, _random_pixels(rng, int(b), T)) for _ in range(streams)]
         by_batch[str(b)] = _throughput(run, xs, t_runs)
     best = max(by_batch, key=by_batch.get) if by_batch else None
     return {"status": "ok", "provider_ran": sess.get_providers()[0], "load_ms": load_ms,
@@ -240,7 +240,7 @@ def measure_paired(job: dict) -> dict:
     each round's own ratio. The Detector's ONNX Runtime sessions do not spin-wait (OrtBackend), so
     the idle one does not steal the cores of the one being timed.
     """
-    from ..runtime.backends.onnxruntime import session_input
+    from ..runtime.backends.onnxruntime import session_feeds
     from .adapter import DetectorPredictor, static_batch
 
     T, runs, warmup = int(job["tile"]), int(job["runs"]), int(job["warmup"])
@@ -263,7 +263,7 @@ def measure_paired(job: dict) -> dict:
     for p, pred in preds.items():
         run = _session_run(pred.session)
         # each in its model's input format, prepared before timing (per image, the check prepares its own)
-        x1, xb = session_input(pred.session, u1), session_input(pred.session, ub)
+        x1, xb = session_feeds(pred.session, u1), session_feeds(pred.session, ub)
         calls[p] = {"tile": (lambda r=run, x=x1: r(x)), "tile_batch": (lambda r=run, x=xb: r(x)),
                     "image": (lambda d=pred.det: d.check(img))}
     out: dict = {"status": "ok", "reference": names[0], "runs": runs, "warmup": warmup,

@@ -52,14 +52,22 @@ class BuildPlan:
     workspace_bytes: int | None
     dla_core: int | None
     engine_name: str
+    # the compression-history stream's inputs (dct, qtable): {name: {"min", "opt", "max"}}
+    extra_profiles: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def _manifest_dct(inp: dict) -> tuple[int, int] | None:
+    """(freqs, clip) of the manifest's input.extra.dct, or None (a package without the stream)."""
+    d = (inp.get("extra") or {}).get("dct") if isinstance(inp.get("extra"), dict) else None
+    return (int(d["freqs"]), int(d["clip"])) if isinstance(d, dict) else None
+
+
 def plan_build(target: str, precision: str, trt_version: str, compute_capability: str | None, dla: int | None = None,
                *, tile: int = 512, batch_max: int = 8, batch_opt: int | None = None, workspace_mb: int | None = None,
-               input_name: str = "image") -> BuildPlan:
+               input_name: str = "image", dct: tuple[int, int] | None = None) -> BuildPlan:
     """Every decision of a build, or BuildRefused saying why it cannot be built."""
     name, cc = targets.resolve_target(target, compute_capability)
     targets.check_precision(precision, cc)
@@ -82,6 +90,10 @@ def plan_build(target: str, precision: str, trt_version: str, compute_capability
     if dla is not None:
         flags = [*flags, "GPU_FALLBACK"]  # layers the DLA cannot run go to the GPU instead of failing
     shape = lambda b: [b, 3, tile, tile]  # noqa: E731
+    extra: dict[str, dict[str, list[int]]] = {}
+    if dct is not None:  # same batch range as the image: each tile brings its stream and table
+        for n, rest in (("dct", [dct[0], tile // 8, tile // 8]), ("qtable", [64])):
+            extra[n] = {"min": [1, *rest], "opt": [opt, *rest], "max": [batch_max, *rest]}
     ver = ".".join(str(v) for v in targets.parse_trt_version(trt_version))
     engine = f"{precision}_{name}_sm{cc.replace('.', '')}_trt{ver}{'' if dla is None else f'_dla{dla}'}.engine"
     return BuildPlan(target=name, compute_capability=cc, precision=precision, trt_version=str(trt_version),
@@ -89,7 +101,7 @@ def plan_build(target: str, precision: str, trt_version: str, compute_capability
                      builder_flags=flags, source_precision=source, autocast_fp16=strongly and precision == "fp16",
                      input_name=input_name, profile={"min": shape(1), "opt": shape(opt), "max": shape(batch_max)},
                      workspace_bytes=None if workspace_mb is None else int(workspace_mb) << 20, dla_core=dla,
-                     engine_name=engine)
+                     engine_name=engine, extra_profiles=extra)
 
 
 def build_serialized(trt: Any, plan: BuildPlan, onnx_path: str | os.PathLike,
@@ -116,6 +128,8 @@ def build_serialized(trt: Any, plan: BuildPlan, onnx_path: str | os.PathLike,
         config.DLA_core = plan.dla_core
     profile = builder.create_optimization_profile()
     profile.set_shape(plan.input_name, plan.profile["min"], plan.profile["opt"], plan.profile["max"])
+    for n, p in plan.extra_profiles.items():
+        profile.set_shape(n, p["min"], p["opt"], p["max"])
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache or b"")
     # ignore_mismatch=False: a cache from another GPU/TensorRT must not silently steer tactics
@@ -170,7 +184,7 @@ def build_package_engine(package: str | os.PathLike, target: str = "auto", preci
     inp = m["input"]
     plan = plan_build(target, precision, trt.__version__, targets.detect_compute_capability(), dla,
                       tile=int(inp["tile"]), batch_max=batch_max, batch_opt=batch_opt, workspace_mb=workspace_mb,
-                      input_name=inp["name"])
+                      input_name=inp["name"], dct=_manifest_dct(inp))
     src = next((f for f in m["files"] if f.get("format") == "onnx" and f.get("precision") == plan.source_precision), None)
     if src is None:
         raise ArtifactError(f"{package}: has no {plan.source_precision} ONNX to build a {precision} engine from "
