@@ -455,3 +455,15 @@ def test_verdict_names_its_package_and_detector_is_a_context_manager(pkg):
         closed = []
         det.backend.close = lambda: closed.append(1)
     assert closed == [1]
+
+
+def test_default_package_ships_only_files_that_passed_their_gate():
+    from defaker_edge.runtime.package import DEFAULT_PACKAGE
+
+    p = load_package(DEFAULT_PACKAGE)
+    for f in p.files:
+        if f.precision == "fp32":
+            assert f.role == "fallback"
+        else:
+            assert f.role == "accelerated" and f.gate.get("passed") is True and not f.forced, f.path
+    assert "fp8" not in {f.precision for f in p.files}
