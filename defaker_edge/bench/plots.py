@@ -132,7 +132,8 @@ def robustness_plot(report: dict, path: str | Path) -> Path | None:
             ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=7)
     n = rb.get("n_images")
-    base = "clean, same images" if same else "clean, the accuracy run's images"
+    n_acc = (report.get("data") or {}).get("n")
+    base = "clean, same images" if same else f"clean on the accuracy run's {n_acc} images, not these"
     fig.suptitle(f"robustness on n={n} images (dotted: {base}; dashed black: chance AUC)", fontsize=9)
     fig.tight_layout()
     path = Path(path)

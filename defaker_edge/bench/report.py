@@ -288,8 +288,10 @@ def markdown(report: dict) -> str:
     if rb and rb.get("rows"):
         lines += ["", f"## Robustness (on {rb.get('backend')}, {rb.get('n_images')} images)", "",
                   "Blur levels are OpenCV kernel sizes k; the Gaussian's sigma is 0.3((k-1)/2 - 1) + 0.8 px "
-                  "(k 3, 7, 15, 23: sigma 0.8, 1.4, 2.6, 3.8). Noise levels are sigma in 0..255 units. `clean` is "
-                  "the same images unperturbed.", "",
+                  "(k 3, 7, 15, 23: sigma 0.8, 1.4, 2.6, 3.8). Noise levels are sigma in 0..255 units. "
+                  + ("`clean` is the same images unperturbed." if rb.get("clean") else
+                     "This report has no clean baseline on these images (the accuracy table's is on all of the "
+                     "data); JPEG at quality 100 is the nearest to it."), "",
                   "| variant | perturbation | level | AUC | pixel F1 | bal. acc |", "|---|---|---|---|---|---|"]
         lines += [f"| {tag(r['variant'], forced)} | clean | — | {_f(r.get('image_auc'), 3)} | "
                   f"{_f(r.get('pixel_f1'), 3)} | {_f(r.get('balanced_acc'), 3)} |" for r in rb.get("clean") or []]
