@@ -189,7 +189,9 @@ class Detector:
 
         backend: auto | tensorrt | onnxruntime | torch (torch needs `student`, a student dir, or a
         `student/` folder in the package). precision: auto (CPU: int8-cpu; GPU: engine, then INT8
-        Q/DQ on the CUDA EP; else fp32) or one of fp32, fp16, int8, int8-cpu, fp8.
+        Q/DQ on the CUDA EP; else fp32) or one of fp32, fp16, int8, int8-cpu, fp8. "auto" never
+        picks a file that failed its accuracy gate (manifest gate.passed false: forced); named
+        explicitly, such a file loads with a warning (`Detector.warning`, `Verdict.warning`).
         fallback: auto (fall back to the FP32 ONNX, recording why) | never (raise instead).
         threads: the CPU threads a check may use (None: the cores; 1 keeps the whole check on one
         core). workers: tile batches run at once on a CPU backend, each with threads // workers
