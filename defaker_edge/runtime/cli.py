@@ -226,13 +226,22 @@ def _load_detector(args: argparse.Namespace, **kw):
 
 
 def run_check(args: argparse.Namespace) -> int:
+    pkg_log = logging.getLogger("defaker_edge")
+    level = pkg_log.level
+    if args.quiet:  # notes and load warnings off; restored after, for callers of main() in-process
+        pkg_log.setLevel(logging.ERROR)
+    try:
+        return _run_check(args)
+    finally:
+        pkg_log.setLevel(level)
+
+
+def _run_check(args: argparse.Namespace) -> int:
     from ..errors import DefakerError
     from .detector import Verdict
 
     if args.overlay and not args.mask_dir:
         raise DefakerError("--overlay writes next to the masks: give --mask-dir D too")
-    if args.quiet:
-        logging.getLogger("defaker_edge").setLevel(logging.ERROR)
     paths, folder, skipped = expand_inputs(args.images, args.recursive)
     if skipped and not args.quiet:
         print(f"defaker check: skipped {skipped} file(s) named like its outputs (*{MASK_SUFFIX}, *{OVERLAY_SUFFIX})",
