@@ -1,28 +1,46 @@
 # Two commands from a fresh clone:  `make demo`  and  `make test`.
-# Both create or refresh .venv first. torch is the CPU build (2.13.0) that these
-# machines carry on disk; torchvision and tensorrt are never installed here.
+# `make test` creates or refreshes .venv with the build install: torch 2.13.0 (these machines carry
+# its CPU wheel on disk; elsewhere pass TORCH_INDEX=https://download.pytorch.org/whl/cpu, or the
+# public index's default torch is a CUDA build) plus `.[build,dev]`. torchvision and tensorrt are
+# never installed here.
+# `make demo` uses what a device installs: .venv-runtime with `pip install .` (no torch).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+RT_VENV := .venv-runtime
+RT_STAMP := $(RT_VENV)/.installed
+# a non-editable install copies the sources: refresh it when any of them changes
+RT_SOURCES := $(shell find defaker_edge -type f -not -name '*.pyc' 2>/dev/null)
 
-.PHONY: setup demo test test-slow default-model bench clean lint
+.PHONY: setup demo test runtime-check test-slow default-model bench clean lint
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e ".[build,dev]"
 	touch $(STAMP)
 
+$(RT_STAMP): pyproject.toml Makefile $(RT_SOURCES)
+	test -x $(RT_VENV)/bin/python || $(PY) -m venv $(RT_VENV)
+	$(RT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RT_VENV)/bin/python -m pip install -q .
+	touch $(RT_STAMP)
+
 setup: $(STAMP)
 
-demo: $(STAMP)
-	bash scripts/demo.sh
+demo: $(RT_STAMP)
+	DEMO_BIN=$(RT_VENV)/bin bash scripts/demo.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the device install in a fresh venv (what .ci/run does after the tests)
+runtime-check:
+	bash scripts/runtime_only_check.sh
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
@@ -35,4 +53,4 @@ bench: $(STAMP)
 	bash scripts/bench.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(RT_VENV) .pytest_cache .hypothesis

@@ -13,10 +13,11 @@ import os
 import platform
 import sys
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 _TOOLS = ("defaker-edge", "numpy", "pillow", "onnxruntime", "onnx", "torch", "transformers",
           "peft", "nvidia-modelopt", "onnxslim", "tensorrt")
@@ -69,15 +70,50 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename) so an interrupted run never leaves half a file."""
+def umask() -> int:
+    """The process umask. Linux reports it in /proc; elsewhere it can only be read by setting it
+    (briefly, which races with threads creating files, hence the /proc path first)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+def publish_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a file or directory made by mkstemp/mkdtemp (0600/0700: private by design) the mode an
+    ordinary open()/mkdir() would have had (0644/0755 under the usual umask): artifacts are read by
+    other users and services (a package installed by root, a server running as its own user)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask())
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; on success it gets the umask's mode and replaces
+    `path` in one rename, so a reader never sees half a file. Writers must name the format
+    explicitly (the temporary name ends in .tmp)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        publish_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename) so an interrupted run never leaves half a file."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(_clean(obj), f, indent=2, sort_keys=False)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: str | os.PathLike) -> Any:

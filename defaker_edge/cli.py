@@ -2,7 +2,8 @@
 
 Each stage registers its own subcommands from `<stage>/cli.py`. Those modules import only the
 standard library at module level, so `defaker --help` is instant and the runtime commands work on
-a device that has no torch. Errors a user can fix (DefakerError) print one line and exit 2.
+a device that has no torch. Errors a user can fix (DefakerError) print one line and exit 2; so
+does a command run on an install that lacks the extra it needs (a runtime-only `pip install .`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ STAGES = [
     ("defaker_edge.bench.cli", ("bench",)),
 ]
 
+# Top-level modules of the optional extras (pyproject.toml). A stage that needs one imports it
+# inside its handler; a runtime-only install then gets one line naming the extra, not a traceback.
+BUILD_MODULES = {"torch", "torchvision", "transformers", "peft", "modelopt", "onnx", "onnxslim", "onnxscript",
+                 "onnx_graphsurgeon", "polygraphy", "onnxconverter_common", "safetensors", "cv2", "skimage",
+                 "matplotlib", "sklearn", "scipy", "requests"}
+GPU_MODULES = {"tensorrt", "cuda"}
+GROUPS = {"data", "teacher", "calibrate", "package", "engine"}  # commands with sub-commands
+
 EPILOG = """\
 The pipeline, stage by stage (each reads an artifact directory and writes one):
   defaker data synth --out data/train --n 2000 --seed 0        synthetic forgeries (4 domains)
@@ -43,6 +52,12 @@ The pipeline, stage by stage (each reads an artifact directory and writes one):
 
 `make default-model` runs all of it; `defaker check IMG` uses the shipped default package.
 Run `defaker <command> --help` for each command's options.
+
+Exit status:
+  0  done (for check: every image was read and judged)
+  1  check --fail-on-fake: at least one image was judged fake
+  2  usage error, missing/invalid package or artifact, or a command needing an extra not installed
+  3  check: some inputs could not be read (each has its own error line); wins over 1
 """
 
 
@@ -94,6 +109,16 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except DefakerError as e:
         print(f"defaker: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        root = (e.name or "").split(".")[0]
+        if root not in BUILD_MODULES | GPU_MODULES:
+            raise
+        words = [a for a in argv if not a.startswith("-")][:2]
+        name = " ".join(words if words[0] in GROUPS else words[:1])
+        extra = ('build extra: pip install ".[build]"' if root in BUILD_MODULES
+                 else 'gpu extra: pip install ".[gpu]" --extra-index-url https://pypi.nvidia.com')
+        print(f"defaker {name} needs the {extra} (no module named {root!r})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("defaker: interrupted", file=sys.stderr)

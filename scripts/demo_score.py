@@ -1,6 +1,7 @@
 """Turn `defaker check --json` lines into an eval predictions file (for the demo).
 
-usage: demo_score.py VERDICTS.jsonl MANIFEST.jsonl MASK_DIR      -> predictions on stdout
+usage: demo_score.py VERDICTS.jsonl MANIFEST.jsonl               -> predictions on stdout
+                                                                  (masks: each verdict's "mask" path)
        demo_score.py --oracle MANIFEST.jsonl                    -> ground truth as predictions
                                                                   (checks the metrics path only)
 """
@@ -21,7 +22,7 @@ def main(argv: list[str]) -> int:
             mask = str((man.parent / d["mask"]).resolve()) if d.get("mask") else None
             print(json.dumps({"image": d["image"], "fake_prob": float(d["label"]), "mask": mask}))
         return 0
-    verdicts, manifest, mask_dir = Path(argv[0]), Path(argv[1]), Path(argv[2])
+    verdicts, manifest = Path(argv[0]), Path(argv[1])
     by_name = {}
     for line in verdicts.read_text().splitlines():
         v = json.loads(line)
@@ -33,9 +34,9 @@ def main(argv: list[str]) -> int:
         v = by_name.get(name)
         if v is None:
             continue
-        mask = mask_dir / (Path(name).stem + ".png")
+        mask = Path(v["mask"]) if v.get("mask") else None
         print(json.dumps({"image": d["image"], "fake_prob": v["fake_prob"],
-                          "mask": str(mask.resolve()) if mask.exists() else None}))
+                          "mask": str(mask.resolve()) if mask and mask.exists() else None}))
     return 0
 
 

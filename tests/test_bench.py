@@ -457,3 +457,23 @@ def test_other_processes_cpu_share_and_the_shared_flag():
     rep = {"latency": [{**row, "cpu_other_share": 0.5}, {**row, "backend": "ort-cuda", "cpu_other_share": 0.0}],
            "machine": {}}
     assert "fp32 (ort-cpu): other processes used 50%" in shared_cpu(rep)
+
+
+def test_robustness_baseline_is_on_the_same_images(bench_run):
+    _, _, _, rep = bench_run
+    rb = rep.data["robustness"]
+    assert [c["variant"] for c in rb["clean"]] == ["fp32", "int8-cpu"] and all(c["n"] == 8 for c in rb["clean"])
+
+
+def test_forced_variants_are_marked_in_points_and_tables():
+    from defaker_edge.bench.package import forced_precisions
+    from defaker_edge.bench.plots import pareto_points
+
+    report = {"package": {"files": [{"precision": "fp32", "forced": False}, {"precision": "fp8", "forced": True}]},
+              "accuracy": [{"variant": v, "status": "ok", "headline": {"image_auc": 0.6, "pixel_f1": 0.2}}
+                           for v in ("fp32", "fp8")],
+              "latency": [{"variant": v, "backend": "ort-cpu", "status": "ok", "per_image_ms": {"p50": 10.0}}
+                          for v in ("fp32", "fp8")]}
+    assert forced_precisions(report) == {"fp8"}
+    labels = {p["label"]: p["forced"] for p in pareto_points(report)}
+    assert labels == {"fp32 / ort-cpu": False, "fp8 (forced: gate failed) / ort-cpu": True}

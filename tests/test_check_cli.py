@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,13 +45,13 @@ def folder(tmp_path_factory) -> tuple[Path, dict]:
     return d, sizes
 
 
-def test_folder_json_masks_and_exit_2(pkg, folder, tmp_path, capsys):
+def test_folder_json_masks_and_exit_3(pkg, folder, tmp_path, capsys):
     d, sizes = folder
     out = tmp_path / "masks"
     rc = main(["check", str(d), "--package", str(pkg), "--json", "--mask-dir", str(out), "--overlay"])
     captured = capsys.readouterr()
     lines = [json.loads(x) for x in captured.out.splitlines()]
-    assert rc == 2
+    assert rc == 3
     assert len(lines) == 5  # one per image file, the .txt is not an image
     by = {Path(x["image"]).stem: x for x in lines}
     assert set(by) == set(sizes) | {"broken"}
@@ -59,10 +60,11 @@ def test_folder_json_masks_and_exit_2(pkg, folder, tmp_path, capsys):
         line = by[stem]
         assert 0.0 <= line["fake_prob"] <= 1.0 and line["is_fake"] == (line["fake_prob"] >= line["threshold"])
         assert {"backend", "precision", "fallback", "ms", "threshold"} <= set(line)
-        m = np.asarray(Image.open(out / f"{stem}.png"))
+        m = np.asarray(Image.open(out / f"{stem}.mask.png"))
         assert m.shape == (h, w) and m.dtype == np.uint8
-        assert Image.open(out / f"{stem}_overlay.jpg").size == (w, h)
-        assert line["mask"] == str(out / f"{stem}.png")
+        assert Image.open(out / f"{stem}.overlay.jpg").size == (w, h)
+        assert line["mask"] == str(out / f"{stem}.mask.png")
+        assert line["package_id"] and len(line["manifest_sha256"]) == 64
     assert "1 of 5 image(s) could not be checked" in captured.err
 
 
@@ -79,7 +81,7 @@ def test_max_pixels_and_missing_file(pkg, folder, capsys):
     rc = main(["check", str(d / "mid.png"), str(d / "nope.jpg"), "--package", str(pkg), "--json",
                "--max-pixels", "1000"])
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert rc == 2 and all("error" in x for x in lines)
+    assert rc == 3 and all("error" in x for x in lines)
     assert "pixel limit" in lines[0]["error"] or "MP limit" in lines[0]["error"]
     assert lines[1]["error"] == "file not found"
 
@@ -131,3 +133,71 @@ def test_json_records_the_fallback(folder, tmp_path, capsys):
     assert (line["precision"], line["fallback"]) == ("fp32", "int8-cpu: file missing")
     assert main(["check", str(d / "small.jpg"), "--package", str(p), "--json", "--fallback", "never"]) == 2
     assert "int8-cpu: file missing" in capsys.readouterr().err
+
+
+def _tree_bytes(d: Path) -> dict[str, bytes]:
+    return {str(q.relative_to(d)): q.read_bytes() for q in sorted(d.rglob("*")) if q.is_file()}
+
+
+def test_mask_dir_equal_to_the_input_folder_never_touches_an_input(pkg, folder, tmp_path, capsys):
+    d = tmp_path / "inplace"
+    shutil.copytree(folder[0], d)
+    before = _tree_bytes(d)
+    rc = main(["check", str(d), "--package", str(pkg), "--json", "--mask-dir", str(d), "--overlay"])
+    assert rc == 3  # broken.jpg
+    after = _tree_bytes(d)
+    assert all(after[k] == v for k, v in before.items())  # every input byte-identical
+    assert {k for k in after if k not in before} == {f"{s}{x}" for s in ("small", "mid", "grey", "alpha")
+                                                     for x in (".mask.png", ".overlay.jpg")}
+    capsys.readouterr()
+    # a second run does not score the first run's masks, and does not replace them without --overwrite
+    assert main(["check", str(d), "--package", str(pkg), "--json", "--mask-dir", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "skipped 8 file(s) named like its outputs" in err
+    assert main(["check", str(d), "--package", str(pkg), "--json", "--mask-dir", str(d), "--overwrite"]) == 3
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 5 and not any(".mask." in x["image"] for x in lines)
+    assert all(_tree_bytes(d)[k] == v for k, v in before.items())
+
+
+def test_an_output_that_would_replace_an_input_is_refused(pkg, tmp_path, capsys):
+    d = tmp_path / "clash"
+    d.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(d / "a.png")
+    Image.fromarray(np.full((40, 40, 3), 9, np.uint8)).save(d / "a.mask.png")
+    before = _tree_bytes(d)
+    # named explicitly, a file called like a mask is an input, and a.png's mask would land on it
+    rc = main(["check", str(d / "a.png"), str(d / "a.mask.png"), "--package", str(pkg), "--mask-dir", str(d),
+               "--overwrite"])
+    assert rc == 2 and "would replace the input" in capsys.readouterr().err
+    assert _tree_bytes(d) == before
+
+
+def test_exit_statuses_fail_on_fake_and_quiet(pkg, folder, capsys):
+    d, _ = folder
+    good = [str(d / "small.jpg"), str(d / "alpha.png")]
+    assert main(["check", *good, "--package", str(pkg), "--json"]) == 0
+    fakes = sum(json.loads(x)["is_fake"] for x in capsys.readouterr().out.splitlines())
+    assert main(["check", *good, "--package", str(pkg), "--fail-on-fake", "--quiet"]) == (1 if fakes else 0)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    assert main(["check", *good, str(d / "broken.jpg"), "--package", str(pkg), "--fail-on-fake", "-q"]) == 3
+    err = capsys.readouterr().err
+    assert "broken.jpg: ERROR" in err and "could not be checked" not in err
+    assert main(["check", *good, "--package", str(d)]) == 2  # not a package
+
+
+def test_paths_from_stdin_and_a_list_file(pkg, folder, tmp_path, capsys, monkeypatch):
+    import io
+
+    d, _ = folder
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{d / 'small.jpg'}\n\n{d / 'grey.jpg'}\n")
+    assert main(["check", f"@{lst}", "--package", str(pkg), "--json"]) == 0
+    assert [json.loads(x)["image"] for x in capsys.readouterr().out.splitlines()] == [str(d / "small.jpg"),
+                                                                                     str(d / "grey.jpg")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{d / 'alpha.png'}\n"))
+    assert main(["check", "-", "--package", str(pkg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image"] == str(d / "alpha.png")
+    assert main(["check", f"@{tmp_path / 'nope.txt'}", "--package", str(pkg)]) == 2
+    assert "cannot read the list file" in capsys.readouterr().err

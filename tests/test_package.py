@@ -199,3 +199,38 @@ def test_malformed_manifests_are_reported_not_raised(built, tmp_path, mutate):
     write_json(dst / "manifest.json", m)
     rep = verify_package(dst, golden=False)
     assert not rep.ok and rep.problems
+
+
+def test_package_and_artifacts_get_the_umask_modes(built, tmp_path):
+    """mkdtemp/mkstemp make 0700/0600 files: another user (a server's) could not read the package."""
+    import stat
+
+    from defaker_edge.artifacts import umask
+
+    um = umask()
+    pkg = built[0].path
+    assert stat.S_IMODE(pkg.stat().st_mode) == 0o777 & ~um
+    for f in pkg.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~um, f
+    write_json(tmp_path / "r.json", {"a": 1})
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o666 & ~um
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_manifest_records_each_files_gate(built):
+    m = read_json(built[0].path / "manifest.json")
+    by_p = {f["precision"]: f for f in m["files"]}
+    assert "gate" not in by_p["fp32"]
+    g = by_p["int8-cpu"]["gate"]
+    assert g["passed"] is True and g["forced"] is False and g["deltas"] == {"image_auc": -0.01, "pixel_f1": -0.01}
+    assert by_p["int8-cpu"]["role"] == "accelerated"
+
+
+def test_role_follows_the_gate():
+    from defaker_edge.export.package import gate_record, role_of
+
+    failed = gate_record({"deltas": {"image_auc": 0.1}, "gate": {"passed": False, "forced": True, "budget": {}}})
+    assert failed["forced"] and role_of("fp8", failed) == "forced"
+    assert role_of("int8", gate_record({"gate": {"passed": None}})) == "ungated"
+    assert role_of("int8", gate_record({"gate": {"passed": True}})) == "accelerated"
+    assert role_of("fp32", None) == "fallback"

@@ -418,3 +418,52 @@ def test_threads_and_workers_must_be_positive(pkg):
         with pytest.raises(DefakerError, match="must be >= 1"):
             Detector.load(pkg, **kw)
     assert Detector.load(pkg, threads=1, workers=4).workers == 1  # never more workers than threads
+
+
+def _force_int8_cpu(pkg: Path) -> None:
+    """Mark the package's int8-cpu file as written although it failed its accuracy gate."""
+    m = json.loads((pkg / "manifest.json").read_text())
+    for f in m["files"]:
+        if f["precision"] == "int8-cpu":
+            f["role"] = "forced"
+            f["gate"] = {"passed": False, "forced": True, "deltas": {"image_auc": 0.116, "pixel_f1": -0.03},
+                         "budget": {"image_auc": 0.005, "pixel_f1": 0.01}, "n_images": 600}
+    (pkg / "manifest.json").write_text(json.dumps(m))
+
+
+def test_auto_never_picks_a_forced_file_and_by_name_it_warns(pkg, caplog):
+    _force_int8_cpu(pkg)
+    with Detector.load(pkg) as det:  # auto: the forced file is not a candidate
+        assert det.backend.precision == "fp32" and det.warning is None
+        v = det.check(_img(70, 90))
+        assert v.warning is None and "warning" not in v.to_json()
+    with caplog.at_level("WARNING"), Detector.load(pkg, precision="int8-cpu") as det:
+        assert det.backend.precision == "int8-cpu"
+        assert "failed its accuracy gate (forced): dimage_auc +0.116 (budget 0.005)" in det.warning
+        v = det.check(_img(70, 90))
+    assert "failed its accuracy gate" in caplog.text
+    assert v.precision == "int8-cpu" and v.warning == det.warning and v.to_json()["warning"] == det.warning
+
+
+def test_verdict_names_its_package_and_detector_is_a_context_manager(pkg):
+    sha = __import__("hashlib").sha256((pkg / "manifest.json").read_bytes()).hexdigest()
+    with Detector.load(pkg) as det:
+        v = det.check(_img(50, 60))
+        assert (v.package_id, v.manifest_sha256) == ("tiny-test", sha)
+        assert {"package_id": "tiny-test", "manifest_sha256": sha}.items() <= v.to_json().items()
+        assert det.info()["manifest_sha256"] == sha
+        closed = []
+        det.backend.close = lambda: closed.append(1)
+    assert closed == [1]
+
+
+def test_default_package_ships_only_files_that_passed_their_gate():
+    from defaker_edge.runtime.package import DEFAULT_PACKAGE
+
+    p = load_package(DEFAULT_PACKAGE)
+    for f in p.files:
+        if f.precision == "fp32":
+            assert f.role == "fallback"
+        else:
+            assert f.role == "accelerated" and f.gate.get("passed") is True and not f.forced, f.path
+    assert "fp8" not in {f.precision for f in p.files}

@@ -44,6 +44,11 @@ class PackageInfo:
     def onnx_variants(self) -> list[Variant]:
         return [v for v in self.variants if v.format == "onnx"]
 
+    def forced(self, precision: str) -> bool:
+        """The file failed its accuracy gate and was written with --force (its manifest gate record)."""
+        v = self.variant(precision)
+        return bool(v and is_forced(v.meta))
+
     def variant(self, precision: str) -> Variant | None:
         for v in self.onnx_variants():
             if v.precision == precision:
@@ -55,7 +60,21 @@ class PackageInfo:
                 "tile": self.tile, "overlap": self.overlap, "threshold": self.threshold,
                 "temperature": self.temperature,
                 "files": [{"precision": v.precision, "path": str(v.path.relative_to(self.root)),
-                           "format": v.format, "bytes": v.bytes} for v in self.variants]}
+                           "format": v.format, "bytes": v.bytes, "forced": is_forced(v.meta)} for v in self.variants]}
+
+
+def is_forced(entry: dict) -> bool:
+    gate = entry.get("gate") if isinstance(entry.get("gate"), dict) else {}
+    return gate.get("passed") is False or bool(gate.get("forced")) or entry.get("role") == "forced"
+
+
+def forced_precisions(report: dict) -> set[str]:
+    """Variants a report's package marks as forced (failed their gate); tables and plots flag them."""
+    return {f["precision"] for f in (report.get("package") or {}).get("files", []) if f.get("forced")}
+
+
+def tag(variant: str, forced: set[str]) -> str:
+    return f"{variant} (forced: gate failed)" if variant in forced else variant
 
 
 def _order(v: Variant) -> tuple[int, str]:

@@ -16,7 +16,11 @@ def _plt():
 
 def pareto_points(report: dict) -> list[dict]:
     """One point per (variant, backend) with both a latency and an accuracy; accuracy was measured on
-    one backend (report['accuracy_backend']) and is shared by the variant's rows on other backends."""
+    one backend (report['accuracy_backend']) and is shared by the variant's rows on other backends.
+    A variant whose file failed its accuracy gate (forced) says so in its label."""
+    from .package import forced_precisions, tag
+
+    forced = forced_precisions(report)
     acc = {r["variant"]: r.get("headline") or {} for r in report.get("accuracy", []) if r.get("status") == "ok"}
     pts = []
     for r in report.get("latency", []):
@@ -24,7 +28,8 @@ def pareto_points(report: dict) -> list[dict]:
         h = acc.get(r["variant"])
         if p50 is None or not h:
             continue
-        pts.append({"label": f"{r['variant']} / {r.get('backend')}", "p50_ms": p50,
+        pts.append({"label": f"{tag(r['variant'], forced)} / {r.get('backend')}", "p50_ms": p50,
+                    "forced": r["variant"] in forced,
                     "image_auc": h.get("image_auc"), "pixel_f1": h.get("pixel_f1")})
     return pts
 
@@ -59,11 +64,16 @@ def pareto_plot(report: dict, path: str | Path) -> Path:
         shown = [p for p in pts if p[key] is not None]
         offsets = label_offsets([(p["p50_ms"], p[key]) for p in shown])
         for p, off in zip(shown, offsets):
-            ax.scatter(p["p50_ms"], p[key], s=40)
+            # a forced file is drawn hollow: it was measured, but it is not a validated option
+            ax.scatter(p["p50_ms"], p[key], s=40, **({"facecolors": "none", "edgecolors": "red"} if p.get("forced") else {}))
             ax.annotate(p["label"], (p["p50_ms"], p[key]), fontsize=7, xytext=off, textcoords="offset points")
         xs = [p["p50_ms"] for p in shown] + [t["p50_ms"] for t in teachers]
-        if xs and max(xs) / max(min(xs), 1e-9) > 5:  # log only when it spans a range; else labels clutter
+        log = bool(xs) and max(xs) / max(min(xs), 1e-9) > 5  # log only when it spans a range; else labels clutter
+        if log:
             ax.set_xscale("log")
+        if key == "image_auc":
+            ax.axhline(0.5, ls="--", color="black", lw=0.8)
+            ax.annotate("chance", (0.01, 0.5), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
         for t in teachers:  # timed, accuracy not measured (random weights): a line, not a point
             ax.axvline(t["p50_ms"], ls="--", color="grey", lw=1)
             ax.annotate(f"{t['label']}\n(accuracy N/A)", (t["p50_ms"], 0.05), fontsize=7, rotation=90,
@@ -71,7 +81,7 @@ def pareto_plot(report: dict, path: str | Path) -> Path:
         if not shown:
             ax.text(0.5, 0.5, "no variant with both latency and accuracy", ha="center", transform=ax.transAxes)
         ax.set_ylim(0.0, 1.02)
-        ax.set_xlabel(f"p50 latency per {report['config']['image_size']}² image (ms, log)")
+        ax.set_xlabel(f"p50 latency per {report['config']['image_size']}² image (ms{', log scale' if log else ''})")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
     title = f"latency vs accuracy — {report['package']['model_id']}, {report['machine'].get('cpu_cores_usable')}-core " \
@@ -93,7 +103,14 @@ def robustness_plot(report: dict, path: str | Path) -> Path | None:
     kinds = list(dict.fromkeys(r["perturbation"] for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     fig, axes = plt.subplots(2, len(kinds), figsize=(3.2 * len(kinds), 6), squeeze=False)
-    clean = {r["variant"]: r.get("headline") or {} for r in report.get("accuracy", []) if r.get("status") == "ok"}
+    from .package import forced_precisions, tag
+
+    forced = forced_precisions(report)
+    # the baseline on the same images as the curves; reports from before it was measured only have
+    # the accuracy run's (all of --data), and the title says which
+    same = bool(rb.get("clean"))
+    clean = ({r["variant"]: r for r in rb["clean"]} if same else
+             {r["variant"]: r.get("headline") or {} for r in report.get("accuracy", []) if r.get("status") == "ok"})
     for j, kind in enumerate(kinds):
         for i, key in enumerate(("image_auc", "pixel_f1")):
             ax = axes[i][j]
@@ -101,17 +118,23 @@ def robustness_plot(report: dict, path: str | Path) -> Path | None:
                 pts = sorted((r["level"], r.get(key)) for r in rows if r["variant"] == v and r["perturbation"] == kind)
                 xs = [x for x, y in pts if y is not None]
                 ys = [y for x, y in pts if y is not None]
-                line = ax.plot(xs, ys, marker="o", label=v)[0]
+                line = ax.plot(xs, ys, marker="o", label=tag(v, forced), ls="--" if v in forced else "-")[0]
                 if clean.get(v, {}).get(key) is not None:
                     ax.axhline(clean[v][key], ls=":", color=line.get_color(), lw=1)
+            if key == "image_auc":
+                ax.axhline(0.5, ls="--", color="black", lw=0.8)  # chance
             ax.set_title(f"{kind}", fontsize=9)
             ax.set_ylim(0.0, 1.02)
-            ax.set_xlabel({"jpeg": "quality", "blur": "kernel", "noise": "sigma", "resize": "factor"}.get(kind, kind))
+            ax.set_xlabel({"jpeg": "JPEG quality", "blur": "kernel k px (sigma = 0.3((k-1)/2-1)+0.8)",
+                           "noise": "noise sigma (0..255)", "resize": "scale factor"}.get(kind, kind), fontsize=8)
             if j == 0:
                 ax.set_ylabel({"image_auc": "image AUC", "pixel_f1": "pixel F1"}[key])
             ax.grid(True, alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("robustness (dotted: clean)", fontsize=9)
+    n = rb.get("n_images")
+    n_acc = (report.get("data") or {}).get("n")
+    base = "clean, same images" if same else f"clean on the accuracy run's {n_acc} images, not these"
+    fig.suptitle(f"robustness on n={n} images (dotted: {base}; dashed black: chance AUC)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -203,8 +203,11 @@ def shared_cpu(report: dict) -> str | None:
 
 
 def markdown(report: dict) -> str:
+    from .package import forced_precisions, tag
+
     m = report["machine"]
     pkg = report["package"]
+    forced = forced_precisions(report)
     lines = ["# DeFakerOne-Edge benchmark", "",
              f"- machine: {describe(m)}; ONNX Runtime providers: {', '.join(m.get('onnxruntime_providers') or [])}",
              f"- package: `{pkg['path']}` ({pkg['model_id']}, tile {pkg['tile']}, overlap {pkg['overlap']}, "
@@ -231,7 +234,7 @@ def markdown(report: dict) -> str:
         pi, pt, th = r.get("per_image_ms") or {}, r.get("per_tile_ms") or {}, r.get("throughput") or {}
         status = r.get("status") if r.get("status") == "ok" else f"{r.get('status')}: {r.get('reason')}"
         tput = f"{_f(th.get('tiles_per_s'))} ({th.get('best_batch')})" if th.get("tiles_per_s") else "—"
-        lines.append(f"| {r['variant']} | {r.get('backend')} | {status} | {r.get('runs')} | {_f(pi.get('p50'))} | "
+        lines.append(f"| {tag(r['variant'], forced)} | {r.get('backend')} | {status} | {r.get('runs')} | {_f(pi.get('p50'))} | "
                      f"{_f(pi.get('p90'))} | {_f(pi.get('p99'))} | {_f((r.get('per_image_full_mask_ms') or {}).get('p50'))} | "
                      f"{_f(r.get('tiles_per_image'))} | {_f(pt.get('p50'), 2)} | "
                      f"{tput} | {_f(r.get('peak_rss_mb'), 0)} | {_f(r.get('gpu_peak_mb'), 0)} | {_mb(r.get('model_bytes'))} |")
@@ -261,7 +264,7 @@ def markdown(report: dict) -> str:
         ag = r.get("agreement") or {}
         f32, te = ag.get("vs_fp32") or {}, ag.get("vs_teacher") or {}
         status = r.get("status") if r.get("status") == "ok" else f"{r.get('status')}: {r.get('reason')}"
-        lines.append(f"| {r['variant']} | {status} | {r.get('via', '—')} | {_f(h.get('image_auc'), 3)} | "
+        lines.append(f"| {tag(r['variant'], forced)} | {status} | {r.get('via', '—')} | {_f(h.get('image_auc'), 3)} | "
                      f"{_f(h.get('balanced_acc'), 3)} | {_f(h.get('pixel_f1'), 3)} | {_f(h.get('pixel_f1_best'), 3)} | "
                      f"{_f(h.get('pixel_iou'), 3)} | {_f(f32.get('same_decision'), 3)} | {_f(f32.get('mean_abs_dprob'), 4)} | "
                      f"{_f(te.get('same_decision'), 3)} | {_f(r.get('n_fallback'))} |")
@@ -283,9 +286,16 @@ def markdown(report: dict) -> str:
                      + (f" ({t['note']})" if t.get("note") else "") + " |")
     rb = report.get("robustness")
     if rb and rb.get("rows"):
-        lines += ["", f"## Robustness (on {rb.get('backend')})", "",
+        lines += ["", f"## Robustness (on {rb.get('backend')}, {rb.get('n_images')} images)", "",
+                  "Blur levels are OpenCV kernel sizes k; the Gaussian's sigma is 0.3((k-1)/2 - 1) + 0.8 px "
+                  "(k 3, 7, 15, 23: sigma 0.8, 1.4, 2.6, 3.8). Noise levels are sigma in 0..255 units. "
+                  + ("`clean` is the same images unperturbed." if rb.get("clean") else
+                     "This report has no clean baseline on these images (the accuracy table's is on all of the "
+                     "data); JPEG at quality 100 is the nearest to it."), "",
                   "| variant | perturbation | level | AUC | pixel F1 | bal. acc |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['variant']} | {r['perturbation']} | {r['level']:g} | {_f(r.get('image_auc'), 3)} | "
+        lines += [f"| {tag(r['variant'], forced)} | clean | — | {_f(r.get('image_auc'), 3)} | "
+                  f"{_f(r.get('pixel_f1'), 3)} | {_f(r.get('balanced_acc'), 3)} |" for r in rb.get("clean") or []]
+        lines += [f"| {tag(r['variant'], forced)} | {r['perturbation']} | {r['level']:g} | {_f(r.get('image_auc'), 3)} | "
                   f"{_f(r.get('pixel_f1'), 3)} | {_f(r.get('balanced_acc'), 3)} |" for r in rb["rows"]]
     cmp_ = report.get("compare")
     if cmp_:

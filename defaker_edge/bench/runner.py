@@ -260,6 +260,7 @@ def _data_summary(cfg: BenchConfig, samples) -> dict | None:
 
 
 def _robustness(cfg: BenchConfig, pkg: PackageInfo, samples, predictors: dict, backend: str) -> dict:
+    from .accuracy import evaluate, headline
     from .robustness import parse_levels, run_robustness
 
     levels = cfg.robustness_levels or parse_levels(None)
@@ -268,12 +269,16 @@ def _robustness(cfg: BenchConfig, pkg: PackageInfo, samples, predictors: dict, b
     if cfg.robustness_limit:
         samples = samples[:cfg.robustness_limit]
     wanted = cfg.robustness_variants or [p for p in ("fp32", cpu_int8_variant(pkg)) if p]
-    rows, skipped = [], {}
+    rows, clean, skipped = [], [], {}
     for v in wanted:
         if v not in predictors:
             skipped[v] = "variant not in the package or its accuracy run failed"
             continue
+        # the unperturbed baseline on these same images: the accuracy run's headline is on all of
+        # --data, and a curve on a subset compared with it mixes two samples' noise
+        res = evaluate(predictors[v], samples, pkg.threshold, desc=f"{v} clean")
+        clean.append({"variant": v, "backend": backend, **headline(res.summary)})
         rows += run_robustness(predictors[v], samples, pkg.threshold, levels, variant=v, backend=backend,
                                seed=cfg.seed)
     return {"status": "ok", "levels": levels, "n_images": len(samples), "variants": [v for v in wanted if v in predictors],
-            "skipped": skipped, "backend": backend, "rows": rows}
+            "skipped": skipped, "backend": backend, "clean": clean, "rows": rows}

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifacts import read_json, sha256_file, tool_versions, utc_now, write_json
+from ..artifacts import publish_mode, read_json, sha256_file, tool_versions, utc_now, write_json
 from ..errors import ArtifactError, DefakerError
 from ..runtime.tiling import MEAN, NORMALIZED, RAW_FILL, STD, TileSpec, input_dtype, input_shape, normalize
 from .manifest import (DEFAULT_ATOL, FORMAT, GOLDEN, INPUT_NAME, MANIFEST, ONNX_FILES, OUTPUT_NAMES, SCHEMA_VERSION,
@@ -222,6 +222,7 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
         raise ArtifactError(f"more than one quantized dir holds precision {', '.join(dup)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    publish_mode(tmp, directory=True)  # mkdtemp's 0700 would survive the rename: nobody else could read the package
     bar = _steps(4 + len(quantized) + (1 if simplify else 0))
     try:
         validation: dict[str, Any] = {}
@@ -257,6 +258,7 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
         sig = io_signature(fp32)
         files = {"fp32": ONNX_FILES["fp32"]}
         input_formats: dict[str, str] = {}
+        gates: dict[str, dict[str, Any]] = {}
         quant_manifests = []
         ref = run_onnx(fp32, inputs["real"])
         for p, src, qm in qinfo:
@@ -278,6 +280,7 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
                                           for n, g, r in zip(OUTPUT_NAMES, got, ref)}
             files[p] = ONNX_FILES[p]
             quant_manifests.append(qm)
+            gates[p] = gate_record(qm)
             bar.update()
         bar.set_description("golden outputs")
         g_u8, g_q = golden_input(tile, data), None
@@ -297,7 +300,8 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
                       "overlap": spec.overlap, "stride": spec.stride, "grid": spec.grid,
                       **({"extra": extra_spec(dct, tile)} if dct is not None else {})},
             "outputs": [{"name": "fake_logit", "shape": [-1]}, {"name": "mask_logits", "shape": [-1, 1, tile // 4, tile // 4]}],
-            "files": [file_entry(tmp, rel, p, "onnx", "fallback" if p == "fp32" else "accelerated",
+            "files": [file_entry(tmp, rel, p, "onnx", role_of(p, gates.get(p)),
+                                 **({"gate": gates[p]} if p in gates else {}),
                                  **_input_override(input_formats.get(p), tile)) for p, rel in files.items()],
             "thresholds": thresholds, "calibration": cal, "teacher": teacher, "metrics": metrics,
             "tools": tool_versions(),
@@ -367,6 +371,27 @@ def _overlap(asked: int | None, tile: int, thresholds: dict[str, Any], th_path: 
         log.warning("%s predates recorded overlaps and was scored at %d; the package uses %d (the default for %d px "
                     "tiles), so its threshold was fitted on another tiling", th_path, LEGACY_OVERLAP, overlap, tile)
     return overlap
+
+
+def gate_record(qm: dict[str, Any]) -> dict[str, Any]:
+    """A quantized file's accuracy gate as its manifest entry records it (from the quantize manifest).
+
+    passed: true (within budget), false (failed; only written because of --force), null (not
+    scored: no held-out data, or the metric undefined there)."""
+    g = qm.get("gate") if isinstance(qm.get("gate"), dict) else {}
+    passed = g.get("passed")
+    return {"passed": passed, "forced": bool(g.get("forced")) or passed is False,
+            "deltas": qm.get("deltas"), "budget": g.get("budget"), "n_images": g.get("n_images")}
+
+
+def role_of(precision: str, gate: dict[str, Any] | None) -> str:
+    """Only a file that passed its gate ships as "accelerated"; a forced one is "forced" (the runtime
+    loads it only when asked for by name), an unscored one "ungated"."""
+    if precision == "fp32":
+        return "fallback"
+    if gate and gate.get("passed") is True:
+        return "accelerated"
+    return "forced" if gate and gate.get("forced") else "ungated"
 
 
 def _input_override(fmt: str | None, tile: int) -> dict[str, Any]:

@@ -13,18 +13,34 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pnm", ".mpo"}
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 PRECISIONS = ("auto", "fp32", "fp16", "int8", "int8-cpu", "fp8")
+# What check writes per image. A suffix of its own keeps a mask from ever taking an input's name
+# (D/photo.png), even when --mask-dir is the input folder; inputs named like these are skipped.
+MASK_SUFFIX, OVERLAY_SUFFIX = ".mask.png", ".overlay.jpg"
+EXIT_OK, EXIT_FAKE, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
 
 CHECK_EPILOG = """\
 examples:
   defaker check photo.jpg                       uses the package installed with defaker-edge
-  defaker check photos/ --json --mask-dir out   one JSON line per image, masks as out/<stem>.png
-  defaker check scans/ --recursive --mask-dir out --overlay   also out/<stem>_overlay.jpg for people
+  defaker check photos/ --json --mask-dir out   one JSON line per image, masks as out/<stem>.mask.png
+  defaker check scans/ --recursive --mask-dir out --overlay   also out/<stem>.overlay.jpg for people
+  find . -name '*.jpg' | defaker check - --json   paths from stdin (one per line); @list.txt reads a file
 
 Each JSON line: image, fake_prob (temperature-calibrated), is_fake (fake_prob >= threshold),
 threshold, backend, precision, provider, fallback (null, or why the answer came from another path:
-"int8-cpu: sha256 mismatch", "band: 0.48 in [0.4, 0.6]", "nan/inf in output"), ms. An unreadable
-file gives {"image": ..., "error": ...} and the rest go on. Images are never resized: they are cut
-into native-resolution tiles. Exit status: 0 when every image was read, 2 when some could not be.
+"int8-cpu: sha256 mismatch", "band: 0.48 in [0.4, 0.6]", "nan/inf in output"), ms, package_id and
+manifest_sha256 (which package answered), and "warning" when the answering file failed its accuracy
+gate (only loaded when asked for by name). An unreadable file gives {"image": ..., "error": ...} and
+the rest go on. Images are never resized: they are cut into native-resolution tiles.
+
+Outputs never replace inputs: masks are D/<stem>.mask.png, a mask that would land on an input is
+refused, files named like outputs (*.mask.png, *.overlay.jpg) are not checked, and an existing
+output is replaced only with --overwrite.
+
+Exit status:
+  0  every image was read and judged
+  1  --fail-on-fake and at least one image was judged fake
+  2  usage error, or the package could not be loaded (nothing was checked)
+  3  some inputs could not be read (each has an error line); wins over 1
 """
 
 SERVE_EPILOG = """\
@@ -74,11 +90,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("check", help="is this image manipulated? (fake probability + mask per image)",
                        description="Check images for manipulation with a deployment package.",
                        epilog=CHECK_EPILOG, formatter_class=_Fmt)
-    c.add_argument("images", nargs="+", metavar="IMG|DIR", help="image files and/or folders of images")
+    c.add_argument("images", nargs="+", metavar="IMG|DIR",
+                   help="image files and/or folders of images; - reads paths from stdin, @FILE from a list file")
     _load_args(c)
     c.add_argument("--json", action="store_true", help="one JSON object per image on stdout, nothing else there")
-    c.add_argument("--mask-dir", metavar="D", help="write D/<image stem>.png: mask probabilities 0..255 at the image's size")
-    c.add_argument("--overlay", action="store_true", help="also write D/<stem>_overlay.jpg (red tint over the mask)")
+    c.add_argument("--mask-dir", metavar="D",
+                   help="write D/<image stem>.mask.png: mask probabilities 0..255 at the image's size")
+    c.add_argument("--overlay", action="store_true",
+                   help="also write D/<stem>.overlay.jpg: the mask's 0.5 outline, a tint, and the verdict as a caption")
+    c.add_argument("--overwrite", action="store_true", help="replace masks/overlays left by an earlier run")
+    c.add_argument("--fail-on-fake", action="store_true", help="exit 1 when any image is judged fake")
+    c.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar, notes or summary; without --json no per-image lines (errors still on stderr)")
     c.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger images (decompression bombs)")
     c.add_argument("--recursive", action="store_true", help="descend into sub-folders of DIR arguments")
     c.set_defaults(func=run_check)
@@ -97,25 +120,56 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=run_serve)
 
 
-def expand_inputs(items: list[str], recursive: bool) -> tuple[list[str], bool]:
-    """Files as given, folders expanded to their image files (sorted). Returns (paths, any_folder)."""
-    out, folder = [], False
+def _is_output_name(name: str) -> bool:
+    return name.lower().endswith((MASK_SUFFIX, OVERLAY_SUFFIX))
+
+
+def _listed(item: str) -> list[str] | None:
+    """The paths `-` (stdin) or `@FILE` stand for, one per line (blank lines ignored); None for a
+    plain argument. An existing file whose name starts with @ is an image, not a list."""
+    from ..errors import DefakerError
+
+    if item == "-":
+        text = sys.stdin.read()
+    elif item.startswith("@") and len(item) > 1 and not Path(item).exists():
+        try:
+            text = Path(item[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DefakerError(f"{item}: cannot read the list file ({e.strerror or e})") from None
+    else:
+        return None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def expand_inputs(items: list[str], recursive: bool) -> tuple[list[str], bool, int]:
+    """Files as given, folders expanded to their image files (sorted), `-` and `@FILE` to the paths
+    they list. Returns (paths, any_folder_or_list, files skipped for being named like outputs)."""
+    out, folder, skipped = [], False, 0
     for it in items:
+        listed = _listed(it)
+        if listed is not None:
+            sub, _, n = expand_inputs(listed, recursive)
+            out.extend(sub)
+            folder, skipped = True, skipped + n
+            continue
         p = Path(it)
         if p.is_dir():
             folder = True
             found = sorted(q for q in (p.rglob("*") if recursive else p.iterdir())
                            if q.is_file() and q.suffix.lower() in IMAGE_EXTS and not q.name.startswith("."))
-            if not found:
+            mine = [q for q in found if _is_output_name(q.name)]  # an earlier run's masks and overlays
+            skipped += len(mine)
+            found = [q for q in found if not _is_output_name(q.name)]
+            if not found and not mine:
                 log.warning("%s: no image files%s", p, "" if recursive else " (use --recursive for sub-folders)")
             out.extend(str(q) for q in found)
         else:
             out.append(it)  # a file (or a missing path, which gets its own error line)
-    return out, folder
+    return out, folder, skipped
 
 
 def _out_names(paths: list[str], mask_dir: Path) -> dict[str, Path]:
-    """mask path per image: D/<stem>.png; a second image with the same stem gets D/<stem>_<ext>.png."""
+    """mask path per image: D/<stem>.mask.png; a second image with the same stem gets D/<stem>_<ext>.mask.png."""
     used: set[str] = set()
     names = {}
     for p in paths:
@@ -126,10 +180,33 @@ def _out_names(paths: list[str], mask_dir: Path) -> dict[str, Path]:
             n = 2
             while stem in used:
                 stem, n = f"{q.stem}_{n}", n + 1
-            log.warning("%s: another image has the stem %r; its mask is %s.png", p, q.stem, stem)
+            log.warning("%s: another image has the stem %r; its mask is %s%s", p, q.stem, stem, MASK_SUFFIX)
         used.add(stem)
-        names[p] = mask_dir / f"{stem}.png"
+        names[p] = mask_dir / f"{stem}{MASK_SUFFIX}"
     return names
+
+
+def overlay_path(mask_path: Path) -> Path:
+    return mask_path.with_name(mask_path.name[:-len(MASK_SUFFIX)] + OVERLAY_SUFFIX)
+
+
+def _check_outputs(paths: list[str], names: dict[str, Path], overlay: bool, overwrite: bool) -> None:
+    """Refuse, before anything is written, a run that would replace an input (never allowed) or an
+    existing file (only with --overwrite)."""
+    from ..errors import DefakerError
+
+    inputs = {Path(p).resolve() for p in paths if Path(p).is_file()}
+    outs = [(p, o) for p, m in names.items() for o in ((m, overlay_path(m)) if overlay else (m,))]
+    for p, o in outs:
+        if o.resolve() in inputs:
+            raise DefakerError(f"--mask-dir {o.parent}: the output for {p} would replace the input {o}; "
+                               "choose another --mask-dir (inputs are never overwritten)")
+    if not overwrite:
+        exist = [str(o) for _, o in outs if o.exists()]
+        if exist:
+            more = f" and {len(exist) - 1} more" if len(exist) > 1 else ""
+            raise DefakerError(f"{exist[0]}{more} already exist(s): pass --overwrite to replace them, "
+                               "or choose another --mask-dir")
 
 
 def _progress(total: int, enabled: bool):
@@ -149,60 +226,89 @@ def _load_detector(args: argparse.Namespace, **kw):
 
 
 def run_check(args: argparse.Namespace) -> int:
+    pkg_log = logging.getLogger("defaker_edge")
+    level = pkg_log.level
+    if args.quiet:  # notes and load warnings off; restored after, for callers of main() in-process
+        pkg_log.setLevel(logging.ERROR)
+    try:
+        return _run_check(args)
+    finally:
+        pkg_log.setLevel(level)
+
+
+def _run_check(args: argparse.Namespace) -> int:
     from ..errors import DefakerError
     from .detector import Verdict
 
     if args.overlay and not args.mask_dir:
         raise DefakerError("--overlay writes next to the masks: give --mask-dir D too")
-    paths, folder = expand_inputs(args.images, args.recursive)
+    paths, folder, skipped = expand_inputs(args.images, args.recursive)
+    if skipped and not args.quiet:
+        print(f"defaker check: skipped {skipped} file(s) named like its outputs (*{MASK_SUFFIX}, *{OVERLAY_SUFFIX})",
+              file=sys.stderr)
     if not paths:
         raise DefakerError("no images to check")
     mask_dir = Path(args.mask_dir) if args.mask_dir else None
     names = _out_names(paths, mask_dir) if mask_dir else {}
+    if mask_dir:
+        _check_outputs(paths, names, args.overlay, args.overwrite)
     det = _load_detector(args, mask="full" if mask_dir else "none", mask_dtype="uint8", max_pixels=args.max_pixels)
-    bar = _progress(len(paths), folder or len(paths) > 1)
-    failed = 0
-    try:
-        for path, res in zip(paths, det.check_many(paths, errors="yield")):
-            if isinstance(res, Verdict):
-                line = res.to_json()
-                line["image"] = path
-                if mask_dir and res.mask is not None:
-                    from ..data.io import save_mask_png
-
-                    mp = names[path]
-                    save_mask_png(mp, res.mask)
-                    line["mask"] = str(mp)
-                    if args.overlay:
-                        from ..data.io import load_image
-                        from .overlay import save_overlay
-
-                        ov = mp.with_name(mp.stem + "_overlay.jpg")
-                        save_overlay(ov, load_image(path, max_pixels=args.max_pixels), res.mask)
-                        line["overlay"] = str(ov)
-                if args.json:
-                    print(json.dumps(line), flush=True)
+    # a bar only where a person watches: a log file or a pipe gets no carriage-return noise
+    bar = _progress(len(paths), (folder or len(paths) > 1) and not args.quiet and sys.stderr.isatty())
+    failed = fakes = 0
+    with det:
+        try:
+            for path, res in zip(paths, det.check_many(paths, errors="yield")):
+                if isinstance(res, Verdict):
+                    fakes += res.is_fake
+                    line = res.to_json()
+                    line["image"] = path
+                    if mask_dir and res.mask is not None:
+                        _write_outputs(args, path, names[path], res, line)
+                    if args.json:
+                        print(json.dumps(line), flush=True)
+                    elif not args.quiet:
+                        verdict = "FAKE" if res.is_fake else "real"
+                        why = f"  [fallback: {res.fallback}]" if res.fallback else ""
+                        warn = f"  [warning: {res.warning}]" if res.warning else ""
+                        print(f"{path}: {verdict}  p={res.fake_prob:.3f} (threshold {res.threshold:.3f}; "
+                              f"{res.precision} on {res.provider}; {line['ms']:.0f} ms){why}{warn}", flush=True)
                 else:
-                    verdict = "FAKE" if res.is_fake else "real"
-                    why = f"  [fallback: {res.fallback}]" if res.fallback else ""
-                    print(f"{path}: {verdict}  p={res.fake_prob:.3f} (threshold {res.threshold:.3f}; "
-                          f"{res.precision} on {res.provider}; {line['ms']:.0f} ms){why}", flush=True)
-            else:
-                failed += 1
-                msg = getattr(res, "reason", None) or str(res)
-                if args.json:
-                    print(json.dumps({"image": path, "error": msg}), flush=True)
-                else:
-                    print(f"{path}: ERROR {msg}", flush=True)
+                    failed += 1
+                    msg = getattr(res, "reason", None) or str(res)
+                    if args.json:
+                        print(json.dumps({"image": path, "error": msg}), flush=True)
+                    elif args.quiet:
+                        print(f"{path}: ERROR {msg}", file=sys.stderr, flush=True)
+                    else:
+                        print(f"{path}: ERROR {msg}", flush=True)
+                if bar is not None:
+                    bar.update(1)
+        finally:
             if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-        det.close()
+                bar.close()
     if failed:
-        print(f"defaker check: {failed} of {len(paths)} image(s) could not be checked", file=sys.stderr)
-    return 2 if failed else 0
+        if not args.quiet:
+            print(f"defaker check: {failed} of {len(paths)} image(s) could not be checked", file=sys.stderr)
+        return EXIT_UNREADABLE
+    return EXIT_FAKE if args.fail_on_fake and fakes else EXIT_OK
+
+
+def _write_outputs(args: argparse.Namespace, path: str, mp: Path, res, line: dict) -> None:
+    from ..artifacts import atomic_path
+    from ..data.io import save_mask_png
+
+    with atomic_path(mp) as tmp:  # a reader (or a crash) never meets half a mask
+        save_mask_png(tmp, res.mask)
+    line["mask"] = str(mp)
+    if args.overlay:
+        from ..data.io import load_image
+        from .overlay import caption_of, save_overlay
+
+        ov = overlay_path(mp)
+        with atomic_path(ov) as tmp:
+            save_overlay(tmp, load_image(path, max_pixels=args.max_pixels), res.mask, caption=caption_of(res))
+        line["overlay"] = str(ov)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -73,6 +73,9 @@ class Verdict:
     n_tiles: int = 0
     mask_quarter: np.ndarray | None = field(default=None, repr=False)  # float32 [ceil(H/4), ceil(W/4)] probs
     package_problems: list[str] = field(default_factory=list)  # damaged files the answer did not need
+    package_id: str | None = None  # the manifest's model_id ...
+    manifest_sha256: str = ""  # ... and its sha256: which package made this verdict
+    warning: str | None = None  # e.g. the answering file failed its accuracy gate (loaded by name)
     # the full-size mask, or how to make it: (quarter logits, dtype) until first access
     _mask: np.ndarray | None = field(default=None, repr=False)
     _mask_src: tuple[np.ndarray, np.dtype] | None = field(default=None, repr=False)
@@ -95,6 +98,8 @@ class Verdict:
             "provider": self.provider, "fallback": self.fallback,
             "ms": round(self.timings.get("total_ms", float("nan")), 2),
             "height": self.size[0], "width": self.size[1], "tiles": self.n_tiles,
+            "package_id": self.package_id, "manifest_sha256": self.manifest_sha256,
+            **({"warning": self.warning} if self.warning else {}),
             **({"package_problems": self.package_problems} if self.package_problems else {}),
         }
 
@@ -144,7 +149,9 @@ def _has(module: str) -> bool:
 
 
 class Detector:
-    """Use `Detector.load(...)`; then `check(image)` or `check_many(images)`. Thread-safe for `check`."""
+    """Use `Detector.load(...)`; then `check(image)` or `check_many(images)`. Thread-safe for `check`.
+
+    `with Detector.load(...) as det:` closes its sessions and thread pools on the way out."""
 
     def __init__(self, pkg: Package, backend: Backend, *, fallback: str, load_fallback: str | None,
                  batch_size: int, mask: str, mask_dtype: str, max_pixels: int, providers: Sequence[str] | None,
@@ -165,6 +172,8 @@ class Detector:
         self._fp_error: str | None = None
         self._fp_lock = threading.Lock()
         self.package_problems: list[str] = []  # files of the package that failed their check at load
+        # set when the loaded file failed its accuracy gate (only ever loaded when asked for by name)
+        self.warning: str | None = None
         # Tile cutting + normalization is memory-bound numpy work that releases the GIL and runs
         # while the backend is idle: split across the cores it is ~2x shorter on a 2-core CPU.
         # concurrent tile batches (see _stream); `threads` is each run's intra-op threads
@@ -184,7 +193,9 @@ class Detector:
 
         backend: auto | tensorrt | onnxruntime | torch (torch needs `student`, a student dir, or a
         `student/` folder in the package). precision: auto (CPU: int8-cpu; GPU: engine, then INT8
-        Q/DQ on the CUDA EP; else fp32) or one of fp32, fp16, int8, int8-cpu, fp8.
+        Q/DQ on the CUDA EP; else fp32) or one of fp32, fp16, int8, int8-cpu, fp8. "auto" never
+        picks a file that failed its accuracy gate (manifest gate.passed false: forced); named
+        explicitly, such a file loads with a warning (`Detector.warning`, `Verdict.warning`).
         fallback: auto (fall back to the FP32 ONNX, recording why) | never (raise instead).
         threads: the CPU threads a check may use (None: the cores; 1 keeps the whole check on one
         core). workers: tile batches run at once on a CPU backend, each with threads // workers
@@ -238,6 +249,9 @@ class Detector:
                       batch_size=batch_size, mask=mask, mask_dtype=mask_dtype, max_pixels=max_pixels,
                       providers=providers, golden=golden, threads=intra, workers=workers)
             det.package_problems = [f"{f.path}: {verified[f.path]}" for f in pkg.files if verified[f.path]]
+            if c.entry is not None and c.entry.forced:
+                det.warning = f"{c.entry.label}: {c.entry.gate_summary()}; its scores are not validated"
+                log.warning("%s: %s", pkg.root, det.warning)
             for p in det.package_problems:
                 log.warning("%s: %s", pkg.root, p)
             return det
@@ -254,13 +268,15 @@ class Detector:
 
         def onnx(p: str, explicit: bool) -> None:
             e = pkg.onnx(p)
-            if e is not None:
+            if e is not None and e.forced and not explicit:
+                log.debug("%s: %s %s; not chosen by precision='auto'", pkg.root, e.label, e.gate_summary())
+            elif e is not None:
                 out.append(_Candidate("onnxruntime", p, e))
             elif explicit:  # asked for by name: its absence is worth saying
                 out.append(_Candidate("onnxruntime", p, FileEntry(path="<not in package>", precision=p)))
 
         def engines(explicit: bool) -> None:
-            es = [e for e in pkg.engines() if precision == "auto" or e.precision == precision]
+            es = [e for e in pkg.engines() if (precision == "auto" and not e.forced) or e.precision == precision]
             out.extend(_Candidate("tensorrt", e.precision, e) for e in es)
             if explicit and not es:
                 out.append(_Candidate("tensorrt", precision, FileEntry(path="<no engine in package>",
@@ -542,7 +558,10 @@ class Detector:
                    "mask_ms": mask_ms, "fallback_ms": fb_ms}
         timings["total_ms"] = job.decode_ms + job.prep_ms + job.infer_ms + (time.perf_counter() - t) * 1e3
         fb = "; ".join(r for r in (self.load_fallback, reason) if r) or None
-        return Verdict(fake_prob=prob, is_fake=bool(prob >= th.threshold), threshold=th.threshold, _mask_src=src,
+        pkg = self.package
+        return Verdict(package_id=pkg.package_id, manifest_sha256=pkg.manifest_sha256,
+                       warning=self.warning if be is self.backend else None,
+                       fake_prob=prob, is_fake=bool(prob >= th.threshold), threshold=th.threshold, _mask_src=src,
                        backend=be.name, precision=be.precision, fallback=fb, timings=timings, logit=logit,
                        provider=be.provider, image=job.name, size=(h, w), n_tiles=job.n, mask_quarter=quarter,
                        package_problems=list(self.package_problems))
@@ -586,12 +605,19 @@ class Detector:
             yield v
 
     def info(self) -> dict[str, Any]:
-        return {"package": str(self.package.root), "backend": self.backend.name, "precision": self.backend.precision,
+        return {"package": str(self.package.root), "package_id": self.package.package_id,
+                "manifest_sha256": self.package.manifest_sha256, "warning": self.warning, "backend": self.backend.name, "precision": self.backend.precision,
                 "provider": self.backend.provider, "input_format": self.backend.input_format,
                 "fallback": self.load_fallback,
                 "package_problems": self.package_problems, "tile": self.spec.tile,
                 "overlap": self.spec.overlap, "batch_size": self.batch_size,
                 "workers": self.workers if self.backend.concurrent else 1, "threads_per_run": self._threads}
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._prep is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import sha256_file
+from ..artifacts import sha256_bytes, sha256_file
 from ..errors import ArtifactError
 from .tiling import parse_dct
 
@@ -42,6 +42,25 @@ class FileEntry:
     @property
     def is_engine(self) -> bool:
         return self.format == "tensorrt"
+
+    @property
+    def gate(self) -> dict:
+        """The file's accuracy-gate record ({passed, forced, deltas, budget, n_images}); {} if none."""
+        g = self.raw.get("gate")
+        return g if isinstance(g, dict) else {}
+
+    @property
+    def forced(self) -> bool:
+        """Written although it failed its accuracy gate: never chosen by precision="auto"."""
+        return self.gate.get("passed") is False or bool(self.gate.get("forced")) or self.role == "forced"
+
+    def gate_summary(self) -> str:
+        """'failed its accuracy gate (forced): dAUC 0.116 (budget 0.005)' for warnings."""
+        g = self.gate
+        d, b = g.get("deltas") or {}, g.get("budget") or {}
+        parts = [f"d{k} {d[k]:+.3f}" + (f" (budget {b[k]:g})" if isinstance(b, dict) and k in b else "")
+                 for k in ("image_auc", "pixel_f1") if isinstance(d.get(k), (int, float))]
+        return "failed its accuracy gate (forced)" + (": " + ", ".join(parts) if parts else "")
 
     @property
     def label(self) -> str:
@@ -74,6 +93,11 @@ class Package:
     golden_atol: dict[str, float]
     # the compression-history stream's (frequencies, clip), from input.extra.dct; None: image only
     dct: tuple[int, int] | None = None
+    manifest_sha256: str = ""  # which package answered: every Verdict carries it with the model_id
+
+    @property
+    def package_id(self) -> str | None:
+        return self.manifest.get("model_id")
 
     def path_of(self, entry: FileEntry) -> Path:
         return self.root / entry.path
@@ -91,10 +115,11 @@ class Package:
         """What `GET /v1/model` and `defaker check --help`-style reports show; no paths outside the package."""
         m = self.manifest
         return {
-            "format": m.get("format"), "model_id": m.get("model_id"), "created": m.get("created"),
+            "format": m.get("format"), "model_id": m.get("model_id"), "manifest_sha256": self.manifest_sha256,
+            "created": m.get("created"),
             "tile": self.tile, "overlap": self.overlap,
-            "files": [{"path": f.path, "precision": f.precision, "format": f.format, "bytes": f.bytes}
-                      for f in self.files],
+            "files": [{"path": f.path, "precision": f.precision, "format": f.format, "bytes": f.bytes,
+                       "role": f.role, "forced": f.forced} for f in self.files],
             "thresholds": {"temperature": self.thresholds.temperature, "threshold": self.thresholds.threshold,
                            "band": list(self.thresholds.band) if self.thresholds.band else None},
             "metrics": m.get("metrics", {}),
@@ -155,8 +180,9 @@ def load_package(package: str | Path | None = None) -> Package:
     mpath = root / "manifest.json"
     if not mpath.is_file():
         raise ArtifactError(f"{root}: not a package (no manifest.json)")
+    raw = mpath.read_bytes()
     try:
-        m = json.loads(mpath.read_text(encoding="utf-8"))
+        m = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
     if not isinstance(m, dict):
@@ -202,7 +228,7 @@ def load_package(package: str | Path | None = None) -> Package:
         input_name=str(inp.get("name", "image")),
         mean=tuple(inp.get("mean", (0.485, 0.456, 0.406))), std=tuple(inp.get("std", (0.229, 0.224, 0.225))),
         thresholds=_thresholds(m.get("thresholds"), mpath),
-        golden_file=golden.get("file"), golden_atol=atol, dct=dct)
+        golden_file=golden.get("file"), golden_atol=atol, dct=dct, manifest_sha256=sha256_bytes(raw))
 
 
 def verify_file(pkg: Package, entry: FileEntry) -> str | None:
