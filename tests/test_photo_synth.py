@@ -86,3 +86,19 @@ def test_reserved_packages_are_refused(tmp_path):
                                photos=str(photos), workers=1))
     with pytest.raises(DefakerError, match="photos.jsonl"):
         SynthConfig(out=tmp_path / "b", n=4, photos=str(tmp_path / "nowhere")).validate()
+
+
+def test_merge_keeps_every_sample_and_split(tmp_path):
+    from defaker_edge.cli import main
+    from defaker_edge.data.dataset import load_dataset
+
+    photos = _corpus(tmp_path / "photos")
+    for name, doms in (("a", ("natural", "document")), ("b", ("face", "aigc"))):
+        synthesize(SynthConfig(out=tmp_path / name, n=8, seed=1, domains=doms, size_min=96, size_max=128,
+                               photos=str(photos), workers=1))
+    out = tmp_path / "m" / "manifest.jsonl"
+    assert main(["data", "merge", "--out", str(out), str(tmp_path / "a" / "manifest.jsonl"),
+                 str(tmp_path / "b")]) == 0
+    merged = load_dataset(out)
+    assert len(merged) == 16 and {s.domain for s in merged} == {"natural", "document", "face", "aigc"}
+    assert all((tmp_path / "m" / s.image).is_file() or __import__("os").path.isfile(s.image) for s in merged)

@@ -66,7 +66,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", action="store_true", help="print the result as one JSON object on stdout")
     s.set_defaults(func=run_synth)
     register_photos(dsub)
+    mg = dsub.add_parser(
+        "merge", help="one manifest over several datasets",
+        description="Write OUT (a manifest.jsonl) listing every sample of the given manifests, paths "
+                    "relative to OUT, splits kept: e.g. photo-based natural and document forgeries "
+                    "beside procedural faces and generated images, in the proportions you made them.",
+        epilog="Example:\n  defaker data merge --out data/train/manifest.jsonl data/photo/manifest.jsonl "
+               "data/proc/manifest.jsonl", formatter_class=argparse.RawDescriptionHelpFormatter)
+    mg.add_argument("--out", required=True, help="the merged manifest.jsonl to write")
+    mg.add_argument("manifests", nargs="+", help="manifest.jsonl files (or dataset dirs) to merge")
+    mg.set_defaults(func=run_merge)
     p.set_defaults(func=lambda args: (p.print_help(sys.stderr), 2)[1])
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from .dataset import load_dataset, write_manifest
+
+    samples = []
+    for m in args.manifests:
+        samples += load_dataset(m)
+    write_manifest(args.out, samples)
+    by = Counter((s.domain, s.split) for s in samples)
+    print(f"{args.out}: {len(samples)} samples ("
+          + ", ".join(f"{d}/{sp} {n}" for (d, sp), n in sorted(by.items(), key=str)) + ")", file=sys.stderr)
+    return 0
 
 
 def run_synth(args: argparse.Namespace) -> int:
