@@ -68,6 +68,9 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="tile batches run at once on a CPU backend, each with threads/workers threads "
                         "(default 1; scripts/runtime_workers.py measures which is faster on your CPU)")
+    p.add_argument("--decode-timeout", type=float, default=5.0, metavar="S",
+                   help="seconds of decoding allowed per 10 MP of image (at least S for any image); a slower "
+                        "(hostile) file gets an error instead of holding a core; 0 = no limit")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -145,7 +148,7 @@ def _load_detector(args: argparse.Namespace, **kw):
 
     return Detector.load(args.package, backend=args.backend, precision=args.precision, fallback=args.fallback,
                          batch_size=args.batch_size, student=args.student, threads=args.threads,
-                         workers=args.workers, **kw)
+                         workers=args.workers, decode_timeout=args.decode_timeout or None, **kw)
 
 
 def run_check(args: argparse.Namespace) -> int:
