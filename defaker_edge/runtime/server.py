@@ -43,6 +43,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "DEFAKER_TOKEN"
 BACKLOG = 2048
 OPEN_PATHS = ("/healthz", "/readyz")  # probes answer without the token
+MAX_URL = 8 * 1024
+MAX_HEADERS = 64 * 1024
 
 
 @dataclass
@@ -397,7 +399,12 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
 
         path = scope["path"]
         try:
-            if cfg.token and path not in OPEN_PATHS and not _authorized(scope, cfg.token):
+            # h11 bounds only headers that arrive in pieces; one that arrives whole is measured here
+            if len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") > MAX_URL:
+                await jerr(414, f"request target over {MAX_URL} bytes")(scope, receive, send_)
+            elif sum(len(k) + len(v) for k, v in scope.get("headers") or []) > MAX_HEADERS:
+                await jerr(431, f"request headers over {MAX_HEADERS} bytes")(scope, receive, send_)
+            elif cfg.token and path not in OPEN_PATHS and not _authorized(scope, cfg.token):
                 await jerr(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                            **{"WWW-Authenticate": "Bearer"})(scope, receive, send_)
             else:
