@@ -7,7 +7,6 @@ Detector calls `verify_file` before it hands a path to a backend.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 
 from ..artifacts import sha256_file
 from ..errors import ArtifactError
+from .schema import validate
 
 FORMAT = "defaker-package/1"
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu", "fp8")
@@ -71,6 +71,7 @@ class Package:
     thresholds: Thresholds
     golden_file: str | None
     golden_atol: dict[str, float]
+    golden_sha256: str | None = None
 
     def path_of(self, entry: FileEntry) -> Path:
         return self.root / entry.path
@@ -98,36 +99,10 @@ class Package:
         }
 
 
-def _num(v: Any, what: str, where: Path) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise ArtifactError(f"{where}: {what} must be a number, got {v!r}") from None
-    if not math.isfinite(x):
-        raise ArtifactError(f"{where}: {what} is not finite")
-    return x
-
-
-def _thresholds(d: Any, where: Path) -> Thresholds:
-    if not d:
-        return Thresholds()
-    if not isinstance(d, dict):
-        raise ArtifactError(f"{where}: thresholds must be an object")
-    temp = _num(d.get("temperature", 1.0), "thresholds.temperature", where)
-    if temp <= 0:
-        raise ArtifactError(f"{where}: thresholds.temperature must be > 0, got {temp}")
-    thr = _num(d.get("threshold", 0.5), "thresholds.threshold", where)
+def _thresholds(d: dict) -> Thresholds:
     band = d.get("band")
-    if band is not None:
-        if not (isinstance(band, (list, tuple)) and len(band) == 2):
-            raise ArtifactError(f"{where}: thresholds.band must be [lo, hi], got {band!r}")
-        band = (_num(band[0], "band[0]", where), _num(band[1], "band[1]", where))
-    agg = d.get("aggregate", "max")
-    if agg != "max":
-        # the runtime aggregates with tiling.aggregate_logits (max); a package calibrated on another
-        # rule would get thresholds that do not match its scores
-        raise ArtifactError(f"{where}: thresholds.aggregate {agg!r} is not supported (only 'max')")
-    return Thresholds(temperature=temp, threshold=thr, band=band, aggregate=agg)
+    return Thresholds(temperature=float(d["temperature"]), threshold=float(d["threshold"]),
+                      band=(float(band[0]), float(band[1])) if band else None, aggregate=d.get("aggregate", "max"))
 
 
 def resolve_package_dir(package: str | Path | None) -> Path:
@@ -158,38 +133,26 @@ def load_package(package: str | Path | None = None) -> Package:
         raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
     if not isinstance(m, dict):
         raise ArtifactError(f"{mpath}: must hold a JSON object")
-    if m.get("format") != FORMAT:
-        raise ArtifactError(f"{mpath}: format is {m.get('format')!r}, this runtime reads {FORMAT!r}")
-    inp = m.get("input") or {}
-    tile = int(_num(inp.get("tile", 0), "input.tile", mpath))
-    if tile <= 0 or tile % 4:
-        raise ArtifactError(f"{mpath}: input.tile must be a positive multiple of 4, got {tile}")
-    overlap = int(_num(inp.get("overlap", 0), "input.overlap", mpath))
-    if not 0 <= overlap < tile:
-        raise ArtifactError(f"{mpath}: input.overlap must be in [0, tile), got {overlap}")
-    files = []
-    for i, f in enumerate(m.get("files") or []):
-        if not isinstance(f, dict) or "path" not in f or "precision" not in f:
-            raise ArtifactError(f"{mpath}: files[{i}] needs 'path' and 'precision'")
-        p = str(f["path"])
-        if Path(p).is_absolute() or ".." in Path(p).parts:
-            raise ArtifactError(f"{mpath}: files[{i}].path {p!r} must stay inside the package")
-        files.append(FileEntry(
-            path=p, precision=str(f["precision"]), format=str(f.get("format", "onnx")),
-            sha256=f.get("sha256"), bytes=f.get("bytes"), role=f.get("role"),
-            trt_version=None if f.get("trt_version") is None else str(f["trt_version"]),
-            compute_capability=None if f.get("compute_capability") is None else str(f["compute_capability"]),
-            raw=f))
-    if not files:
-        raise ArtifactError(f"{mpath}: the files list is empty")
+    probs = validate(m)
+    if probs:  # one line naming the field; `defaker package verify` lists them all
+        _, fld, msg = probs[0]
+        more = f" (and {len(probs) - 1} more problem(s): defaker package verify {root})" if len(probs) > 1 else ""
+        raise ArtifactError(f"{mpath}: {fld}: {msg}{more}")
+    inp = m["input"]
+    files = [FileEntry(
+        path=f["path"], precision=f["precision"], format=f.get("format", "onnx"),
+        sha256=f.get("sha256"), bytes=f.get("bytes"), role=f.get("role"),
+        trt_version=None if f.get("trt_version") is None else str(f["trt_version"]),
+        compute_capability=None if f.get("compute_capability") is None else str(f["compute_capability"]),
+        raw=f) for f in m["files"]]
     golden = m.get("golden") or {}
     atol = {str(k): float(v) for k, v in (golden.get("atol") or {}).items() if v is not None}
     return Package(
-        root=root, manifest=m, files=files, tile=tile, overlap=overlap,
-        input_name=str(inp.get("name", "image")),
+        root=root, manifest=m, files=files, tile=inp["tile"], overlap=inp.get("overlap", 0),
+        input_name=inp.get("name", "image"),
         mean=tuple(inp.get("mean", (0.485, 0.456, 0.406))), std=tuple(inp.get("std", (0.229, 0.224, 0.225))),
-        thresholds=_thresholds(m.get("thresholds"), mpath),
-        golden_file=golden.get("file"), golden_atol=atol)
+        thresholds=_thresholds(m["thresholds"]),
+        golden_file=golden.get("file"), golden_atol=atol, golden_sha256=golden.get("sha256"))
 
 
 def verify_file(pkg: Package, entry: FileEntry) -> str | None:
@@ -217,6 +180,9 @@ def load_golden(pkg: Package) -> Golden | None:
     path = pkg.root / pkg.golden_file
     if not path.is_file():
         raise ArtifactError(f"{path}: golden file named in the manifest is missing")
+    # the golden outputs are what every model file is judged by: they must be the exported ones
+    if sha256_file(path) != pkg.golden_sha256:
+        raise ArtifactError(f"{path}: sha256 does not match the manifest's golden.sha256")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
