@@ -407,3 +407,10 @@ def test_load_2000_requests_64_concurrent_no_connection_errors(pkg):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_server_stack_is_imported_only_when_serving():
+    code = ("import sys, defaker_edge.runtime, defaker_edge.runtime.server, defaker_edge.runtime.cli, defaker_edge.cli; "
+            "bad = [m for m in ('starlette', 'uvicorn', 'python_multipart', 'torch') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -328,11 +328,18 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
             body, fname = parse_multipart(body, ctype, max_parts=cfg.max_parts)
             name = fname or name
         assert st.slots is not None
-        try:
-            await asyncio.wait_for(st.slots.acquire(), cfg.queue_wait_s)
-        except (asyncio.TimeoutError, TimeoutError):
-            raise HttpError(503, f"busy: all {cfg.concurrency} slots taken for {cfg.queue_wait_s:g} s; "
-                                 "retry later") from None
+        # not wait_for(acquire()): on 3.11 a slot acquired just as the wait times out can be lost
+        acq = asyncio.ensure_future(st.slots.acquire())
+        done, _ = await asyncio.wait({acq}, timeout=cfg.queue_wait_s)
+        if not done:
+            acq.cancel()
+            try:
+                await acq
+            except asyncio.CancelledError:
+                pass
+            else:
+                st.slots.release()  # it was acquired as we gave up: give it back
+            raise HttpError(503, f"busy: all {cfg.concurrency} slots taken for {cfg.queue_wait_s:g} s; retry later")
         st.metrics.in_flight += 1
 
         def free(_f: Any) -> None:  # the slot is free when the work ends, not when the client gave up
