@@ -414,3 +414,31 @@ def test_server_stack_is_imported_only_when_serving():
             "bad = [m for m in ('starlette', 'uvicorn', 'python_multipart', 'torch') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_slow_body_is_408_json(server):
+    import socket
+
+    port = server(body_timeout_s=1.0)
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        t0 = time.monotonic()
+        out = b""
+        while time.monotonic() - t0 < 8 and b"}" not in out:
+            try:
+                s.sendall(b"x")
+            except OSError:
+                pass
+            s.settimeout(0.5)
+            try:
+                got = s.recv(4096)
+            except socket.timeout:
+                continue
+            if not got:
+                break
+            out += got
+        status, body = _json_body(out)
+        assert status == 408 and "body" in body["error"]
+    finally:
+        s.close()

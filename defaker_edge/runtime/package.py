@@ -15,7 +15,7 @@ import numpy as np
 
 from ..artifacts import sha256_file
 from ..errors import ArtifactError
-from .schema import validate
+from .schema import check_thresholds, validate
 
 FORMAT = "defaker-package/1"
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu", "fp8")
@@ -99,7 +99,11 @@ class Package:
         }
 
 
-def _thresholds(d: dict) -> Thresholds:
+def _thresholds(d: Any, where: Path | str | None = None) -> Thresholds:
+    """A thresholds block as Thresholds; ArtifactError naming the field if runtime.schema refuses it."""
+    probs = check_thresholds(d)
+    if probs:
+        raise ArtifactError(f"{where or 'thresholds'}: {probs[0][0]}: {probs[0][1]}")
     band = d.get("band")
     return Thresholds(temperature=float(d["temperature"]), threshold=float(d["threshold"]),
                       band=(float(band[0]), float(band[1])) if band else None, aggregate=d.get("aggregate", "max"))
