@@ -107,7 +107,8 @@ def write_manifest(root: Path, *, band=None, threshold: float = 0.5, temperature
                        "aggregate": "max", "measured": {"fpr": 0.05, "tpr": 0.9, "n": 100}},
         "calibration": {"sha256": "0" * 64, "n": 16}, "teacher": {"id": "tiny", "sha256": "0" * 64},
         "metrics": {"fp32": {"image_auc": 0.5, "pixel_f1": 0.0}, "int8-cpu": {"image_auc": 0.5, "pixel_f1": 0.0}},
-        "tools": {}, "golden": {"file": "golden.npz", "atol": {"fp32": 1e-3, "int8-cpu": 0.05}},
+        "tools": {}, "golden": {"file": "golden.npz", "sha256": sha256_file(root / "golden.npz"),
+                                "atol": {"fp32": 1e-3, "int8-cpu": 0.05}},
     }
     (root / "manifest.json").write_text(json.dumps(m, indent=2))
     return m

@@ -156,12 +156,23 @@ def _seeds() -> list[bytes]:
 
 
 SEEDS = _seeds()
+# issue #19's hostile JPEGs: a progressive file's smallest scan repeated, and SOF sizes with no data
+_PROG = _encode(Image.fromarray(np.full((40, 48, 3), 99, np.uint8)), "JPEG", progressive=True)
+_SCAN = min((_PROG[a:b] for a, b in zip(*(lambda s: (s, s[1:]))(
+    [i for i in range(len(_PROG) - 1) if _PROG[i:i + 2] == b"\xff\xda"] + [len(_PROG) - 2]))), key=len)
 
 
 @st.composite
 def malformed(draw):
     base = bytearray(draw(st.sampled_from(SEEDS)))
-    op = draw(st.sampled_from(["flip", "truncate", "splice", "random", "header"]))
+    op = draw(st.sampled_from(["flip", "truncate", "splice", "random", "header", "scans", "sof"]))
+    if op == "scans":  # many (nearly empty) progressive scans
+        return _PROG[:-2] + _SCAN * draw(st.integers(1, 400)) + b"\xff\xd9"
+    if op == "sof":  # a JPEG whose SOF claims a size its data cannot hold
+        j = bytearray(SEEDS[0])
+        i = j.find(b"\xff\xc0")
+        j[i + 5:i + 9] = struct.pack(">HH", draw(st.integers(0, 20000)), draw(st.integers(0, 20000)))
+        return bytes(j)
     if op == "flip":
         for _ in range(draw(st.integers(1, 16))):
             i = draw(st.integers(0, len(base) - 1))

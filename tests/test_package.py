@@ -107,7 +107,7 @@ def test_golden_drift_is_caught(built, tmp_path):
     arrays["mask_logits__int8-cpu"] = arrays["mask_logits__int8-cpu"] + 1.0
     np.savez(dst / "golden.npz", **arrays)
     m = read_json(dst / "manifest.json")
-    m["golden"].pop("sha256")  # so only the re-run can notice
+    m["golden"]["sha256"] = sha256_file(dst / "golden.npz")  # so only the re-run can notice
     write_json(dst / "manifest.json", m)
     rep = verify_package(dst)
     assert [p.file for p in rep.problems] == ["model_int8_cpu.onnx"]

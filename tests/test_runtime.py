@@ -247,7 +247,7 @@ def test_band_reruns_on_full_precision(pkg):
     write_manifest(pkg, band=[0.0, 1.0])  # every probability is "unsure"
     v = Detector.load(pkg).check(_img(100, 120))
     assert v.precision == "fp32" and v.fallback.startswith("band: ") and v.fallback.endswith("in [0, 1]")
-    write_manifest(pkg, band=[0.99, 1.0])
+    write_manifest(pkg, band=[0.99, 1.0], threshold=0.995)  # a band must hold its threshold (runtime.schema)
     v = Detector.load(pkg).check(_img(100, 120))
     assert v.precision == "int8-cpu" and v.fallback is None
 

@@ -159,3 +159,288 @@ def test_busy_is_503_and_slow_is_504(server):
     port = server(Slow(1.0), concurrency=2, timeout_s=0.2)
     s, e = _req(port, "POST", "/v1/check", b"img")
     assert s == 504 and "0.2" in e["error"]
+
+
+# ---- issue #19: hostile clients and a production-grade server ----
+
+def _raw(port, data: bytes, wait: float = 10.0) -> bytes:
+    """Send raw bytes, return everything the server sends back before closing (or `wait` runs out)."""
+    import socket
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=wait)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def _json_body(resp: bytes) -> tuple[int, dict]:
+    head, _, body = resp.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in head.lower(), head
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_protocol_errors_are_json(server):
+    port = server()
+    assert _json_body(_raw(port, b"GARBAGE\r\n\r\n"))[0] == 400
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"
+    assert _json_body(_raw(port, big))[0] == 431
+    long_url = b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert _json_body(_raw(port, long_url))[0] == 414
+    trickled = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000  # never ends: h11's bound
+    assert _json_body(_raw(port, trickled))[0] == 400
+    s, e = _req(port, "PUT", "/v1/check", b"x")
+    assert s == 405 and e["status"] == 405
+    s, e = _req(port, "DELETE", "/nope")
+    assert s == 404 and "error" in e
+
+
+def test_multipart_bombs_are_refused_quickly(server):
+    port = server()
+    b = "bomb"
+    tiny = f"--{b}\r\nContent-Disposition: form-data; name=\"x\"\r\n\r\ny\r\n".encode()
+    body = tiny * 400_000 + f"--{b}--\r\n".encode()  # 20 MB of parts
+    s, e = _req(port, "POST", "/v1/check", body, {"Content-Type": f"multipart/form-data; boundary={b}"})
+    assert s == 400 and "parts" in e["error"]
+    # 2,000 nested multiparts inside the image field: parsed flat, so the image is just not an image
+    inner = b"x"
+    for i in range(2000):
+        bb = f"n{i}"
+        inner = (f"--{bb}\r\nContent-Type: multipart/mixed; boundary=n{i - 1}\r\n\r\n".encode() + inner
+                 + f"\r\n--{bb}--\r\n".encode())
+    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"n.bin\"\r\n"
+            f"Content-Type: multipart/mixed; boundary=n1999\r\n\r\n").encode() + inner + f"\r\n--{b}--\r\n".encode()
+    s, e = _req(port, "POST", "/v1/check", body, {"Content-Type": f"multipart/form-data; boundary={b}"})
+    assert s == 422 and "not a supported image" in e["error"]
+
+
+def test_keep_alive_reuses_one_connection(server):
+    port = server()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        socks = set()
+        for i in range(5):
+            c.request("POST", "/v1/check", body=_png(40, 40, seed=i))
+            r = c.getresponse()
+            assert r.status == 200 and r.version == 11 and json.loads(r.read())["width"] == 40
+            socks.add(id(c.sock))
+        assert len(socks) == 1
+    finally:
+        c.close()
+
+
+def test_idle_and_slow_clients_are_dropped_and_capped(server):
+    import socket
+
+    port = server(max_connections=8, header_timeout_s=1.0)
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+    try:
+        time.sleep(0.2)
+        # the cap: one more is answered 503 in JSON and closed (a fresh check may need to wait)
+        s, e = _json_body(_raw(port, b""))
+        assert s == 503 and "connections" in e["error"]
+        # the idle ones are dropped at the header deadline (a JSON 408): the server answers normally again
+        for s in idle:
+            s.settimeout(30)
+            assert s.recv(4096).startswith(b"HTTP/1.1 408")
+        time.sleep(0.2)
+        assert _req(port, "GET", "/healthz")[0] == 200
+        # a client that trickles its headers one byte at a time is cut off at the header deadline
+        slow = socket.create_connection(("127.0.0.1", port), timeout=10)
+        t0 = time.monotonic()
+        closed = False
+        for ch in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"z" * 100:
+            try:
+                slow.sendall(bytes([ch]))
+            except OSError:
+                closed = True
+                break
+            slow.settimeout(0.1)
+            try:
+                got = slow.recv(4096)
+                if got == b"" or b"408" in got:
+                    closed = True
+                    break
+            except socket.timeout:
+                pass
+            except ConnectionResetError:
+                closed = True
+                break
+            if time.monotonic() - t0 > 8:
+                break
+        assert closed and time.monotonic() - t0 < 8, "a slow client was never dropped"
+        slow.close()
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_hostile_uploads_do_not_starve_a_normal_request(server, monkeypatch):
+    """Four slow-to-decode JPEGs fill every slot; each stops at the decode limit and frees its slot,
+    so a normal request waits at most about that long, not for minutes, and never gets 503."""
+    import defaker_edge.data.io as dio
+    from test_hostile_input import many_scans
+
+    monkeypatch.setattr(dio, "MAX_JPEG_SCANS", 10**9)  # let the deadline do the work
+    hostile = many_scans(3000, size=2000)
+    port = server(concurrency=4, decode_timeout=1.0, queue_wait_s=10)
+    with ThreadPoolExecutor(5) as ex:
+        bad = [ex.submit(_req, port, "POST", "/v1/check", hostile) for _ in range(4)]
+        time.sleep(0.3)
+        s, v = _req(port, "POST", "/v1/check", _png(50, 60))
+        assert s == 200 and v["width"] == 60
+        for f in bad:
+            s, e = f.result()
+            assert s == 422 and "decoding took longer" in e["error"]
+    s, m = _req(port, "GET", "/readyz")
+    assert s == 200 and m["slots_free"] == 4
+
+
+def test_readyz_metrics_openapi(server):
+    port = server(Slow(1.0), concurrency=1, queue_wait_s=5)
+    assert _req(port, "GET", "/readyz")[0] == 200
+    with ThreadPoolExecutor(1) as ex:
+        f = ex.submit(_req, port, "POST", "/v1/check", b"img")
+        time.sleep(0.4)
+        s, e = _req(port, "GET", "/readyz")
+        assert s == 503 and "busy" in e["error"]
+        assert f.result()[0] == 200
+    assert _req(port, "GET", "/readyz")[0] == 200
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    r = c.getresponse()
+    text = r.read().decode()
+    c.close()
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/plain")
+    assert 'defaker_requests_total{path="/v1/check",status="200"} 1' in text
+    assert 'defaker_request_duration_seconds_bucket{path="/v1/check",le="+Inf"} 1' in text
+    assert "defaker_in_flight 0" in text and "# TYPE defaker_fallbacks_total counter" in text
+    s, doc = _req(port, "GET", "/openapi.json")
+    assert s == 200 and doc["openapi"].startswith("3.") and "/v1/check" in doc["paths"]
+
+
+def test_bearer_token(server):
+    from defaker_edge.errors import DefakerError
+
+    port = server(token="s3cret")
+    s, e = _req(port, "POST", "/v1/check", _png(40, 40))
+    assert s == 401 and "token" in e["error"]
+    assert _req(port, "POST", "/v1/check", _png(40, 40), {"Authorization": "Bearer wrong"})[0] == 401
+    assert _req(port, "POST", "/v1/check", _png(40, 40), {"Authorization": "Bearer s3cret"})[0] == 200
+    assert _req(port, "GET", "/healthz")[0] == 200 and _req(port, "GET", "/readyz")[0] == 200
+    with pytest.raises(DefakerError, match="--token"):
+        make_server(Slow(0), ServerConfig(host="0.0.0.0", port=0))
+
+
+def _serve_proc(pkg, *extra):
+    proc = subprocess.Popen([sys.executable, "-m", "defaker_edge", "serve", "--package", str(pkg), "--port", "0",
+                             *extra], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            pytest.fail(f"server exited early (rc={proc.poll()})")
+        m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        if m:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining its log
+            return proc, int(m.group(1))
+    proc.kill()
+    pytest.fail("server did not report its address")
+
+
+def test_sigterm_lets_an_in_flight_request_finish(pkg):
+    import signal
+
+    proc, port = _serve_proc(pkg)
+    try:
+        big = _png(1800, 1800, seed=5)  # long enough on the tiny model to be caught in flight
+        with ThreadPoolExecutor(1) as ex:
+            f = ex.submit(_req, port, "POST", "/v1/check", big)
+            deadline = time.time() + 30
+            while time.time() < deadline:  # wait until the check holds its slot
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                c.request("GET", "/metrics")
+                text = c.getresponse().read().decode()
+                c.close()
+                if "defaker_in_flight 1" in text:
+                    break
+                time.sleep(0.02)
+            else:
+                pytest.fail("the request never got in flight")
+            proc.send_signal(signal.SIGTERM)
+            s, v = f.result(timeout=60)
+        assert s == 200 and v["width"] == 1800
+        proc.wait(timeout=30)
+        with pytest.raises(OSError):
+            _req(port, "GET", "/healthz")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow
+def test_load_2000_requests_64_concurrent_no_connection_errors(pkg):
+    proc, port = _serve_proc(pkg, "--queue-wait-s", "120", "--timeout-s", "120")
+    try:
+        body = _png(48, 48, seed=1)
+        errors, codes = [], []
+
+        def one(i):
+            try:
+                return _req(port, "POST" if i % 4 else "GET", "/v1/check" if i % 4 else "/healthz",
+                            body if i % 4 else None)[0]
+            except Exception as e:  # a reset, refused or timed-out connection
+                errors.append(repr(e))
+                return None
+
+        with ThreadPoolExecutor(64) as ex:
+            codes = list(ex.map(one, range(2000)))
+        assert errors == [] and codes.count(200) == 2000
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_server_stack_is_imported_only_when_serving():
+    code = ("import sys, defaker_edge.runtime, defaker_edge.runtime.server, defaker_edge.runtime.cli, defaker_edge.cli; "
+            "bad = [m for m in ('starlette', 'uvicorn', 'python_multipart', 'torch') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_slow_body_is_408_json(server):
+    import socket
+
+    port = server(body_timeout_s=1.0)
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        s.sendall(b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        t0 = time.monotonic()
+        out = b""
+        while time.monotonic() - t0 < 8 and b"}" not in out:
+            try:
+                s.sendall(b"x")
+            except OSError:
+                pass
+            s.settimeout(0.5)
+            try:
+                got = s.recv(4096)
+            except socket.timeout:
+                continue
+            if not got:
+                break
+            out += got
+        status, body = _json_body(out)
+        assert status == 408 and "body" in body["error"]
+    finally:
+        s.close()

@@ -44,14 +44,18 @@ Exit status:
 """
 
 SERVE_EPILOG = """\
-endpoints:
+endpoints (Starlette on uvicorn, HTTP/1.1 keep-alive):
   POST /v1/check        body: raw image bytes, or multipart/form-data with the file in field "image";
                         ?mask=1 adds "mask_png": the mask (native size, 0..255) as base64 PNG
-  GET  /healthz         {"status": "ok", ...}
+  GET  /healthz         alive: {"status": "ok", ...}
+  GET  /readyz          ready: the model is loaded and a check slot is free (else 503)
   GET  /v1/model        the package's manifest summary and the backend in use
-errors are JSON {"error": ...}: 400 bad request, 411 no Content-Length, 413 body too large,
-422 unreadable image or over --max-pixels, 503 busy (all --concurrency slots taken after
---queue-wait-s), 504 over --timeout-s.
+  GET  /metrics         Prometheus text: requests, latency histogram, fallbacks by reason, in-flight
+  GET  /openapi.json    the API as OpenAPI 3.1
+errors are JSON {"error": ..., "status": ...}: 400 bad request, 401 no/wrong token, 408 slow body or
+headers, 413 body too large, 422 unreadable image or over --max-pixels, 503 busy (all --concurrency
+slots taken after --queue-wait-s, or over --max-connections), 504 over --timeout-s.
+SIGTERM stops accepting and lets in-flight requests finish (up to --drain-s).
 
 example:
   defaker serve --package models/default --port 8080 &
@@ -84,6 +88,9 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="tile batches run at once on a CPU backend, each with threads/workers threads "
                         "(default 1; scripts/runtime_workers.py measures which is faster on your CPU)")
+    p.add_argument("--decode-timeout", type=float, default=5.0, metavar="S",
+                   help="seconds of decoding allowed per 10 MP of image (at least S for any image); a slower "
+                        "(hostile) file gets an error instead of holding a core; 0 = no limit")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -107,7 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_check)
 
     s = sub.add_parser("serve", help="HTTP API around the detector (localhost by default)",
-                       description="Serve POST /v1/check over HTTP (Python's standard library server).",
+                       description="Serve POST /v1/check over HTTP (Starlette on uvicorn).",
                        epilog=SERVE_EPILOG, formatter_class=_Fmt)
     _load_args(s)
     s.add_argument("--host", default="127.0.0.1", help="bind address; 0.0.0.0 exposes it to the network")
@@ -117,6 +124,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--concurrency", type=int, default=4, help="images checked at the same time")
     s.add_argument("--queue-wait-s", type=float, default=10.0, help="how long a request waits for a slot (then 503)")
     s.add_argument("--timeout-s", type=float, default=60.0, help="per-request time limit (504 above)")
+    s.add_argument("--max-connections", type=int, default=256, help="open connections at once (503 JSON above)")
+    s.add_argument("--header-timeout-s", type=float, default=10.0,
+                   help="a connection must send its request headers within this (slow/idle clients are dropped)")
+    s.add_argument("--body-timeout-s", type=float, default=30.0, help="the request body must arrive within this (408)")
+    s.add_argument("--drain-s", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may finish")
+    s.add_argument("--token", default=None,
+                   help="require 'Authorization: Bearer TOKEN' (except /healthz, /readyz); default: $DEFAKER_TOKEN; "
+                        "required when --host is not loopback")
     s.set_defaults(func=run_serve)
 
 
@@ -222,7 +237,7 @@ def _load_detector(args: argparse.Namespace, **kw):
 
     return Detector.load(args.package, backend=args.backend, precision=args.precision, fallback=args.fallback,
                          batch_size=args.batch_size, student=args.student, threads=args.threads,
-                         workers=args.workers, **kw)
+                         workers=args.workers, decode_timeout=args.decode_timeout or None, **kw)
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -312,14 +327,16 @@ def _write_outputs(args: argparse.Namespace, path: str, mp: Path, res, line: dic
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from .server import ServerConfig, serve
+    import os
+
+    from .server import TOKEN_ENV, ServerConfig, serve
 
     cfg = ServerConfig(host=args.host, port=args.port, max_body_mb=args.max_body_mb, max_pixels=args.max_pixels,
-                       concurrency=args.concurrency, queue_wait_s=args.queue_wait_s, timeout_s=args.timeout_s)
+                       concurrency=args.concurrency, queue_wait_s=args.queue_wait_s, timeout_s=args.timeout_s,
+                       decode_timeout=args.decode_timeout or None, max_connections=args.max_connections,
+                       header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                       drain_s=args.drain_s, token=args.token or os.environ.get(TOKEN_ENV) or None)
     det = _load_detector(args, mask="none", mask_dtype="uint8", max_pixels=args.max_pixels)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"defaker serve: listening on {args.host}: reachable from the network, with no authentication",
-              file=sys.stderr)
     serve(det, cfg)
     return 0
 

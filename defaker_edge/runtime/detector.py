@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..data.io import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from ..data.io import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, ImageSource, clean_error, load_image
 from ..errors import ArtifactError, DefakerError
 from . import tiling
 from .dct import read_qtable, tile_tables
@@ -155,7 +155,8 @@ class Detector:
 
     def __init__(self, pkg: Package, backend: Backend, *, fallback: str, load_fallback: str | None,
                  batch_size: int, mask: str, mask_dtype: str, max_pixels: int, providers: Sequence[str] | None,
-                 golden: Golden | None, threads: int | None = None, workers: int = 1):
+                 golden: Golden | None, threads: int | None = None, workers: int = 1,
+                 decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT):
         self.package = pkg
         self.backend = backend
         self.fallback_mode = fallback
@@ -164,6 +165,7 @@ class Detector:
         self.mask_mode = mask
         self.mask_dtype = np.dtype(mask_dtype)
         self.max_pixels = max_pixels
+        self.decode_timeout = decode_timeout  # seconds of decoding per 10 MP (data.io.decode_limit_s)
         self.spec = tiling.TileSpec(tile=pkg.tile, overlap=pkg.overlap)
         self._providers = providers
         self._threads = threads
@@ -188,7 +190,8 @@ class Detector:
              providers: Sequence[str] | None = None, fallback: str = "auto", *, batch_size: int = 8,
              student: str | Path | None = None, mask: str = "full", mask_dtype: str = "float16",
              max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None, workers: int | None = None,
-             trt: Any = None, cudart: Any = None) -> "Detector":
+             trt: Any = None, cudart: Any = None,
+             decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT) -> "Detector":
         """Load a package (None = the default one) on the best backend that passes its checks.
 
         backend: auto | tensorrt | onnxruntime | torch (torch needs `student`, a student dir, or a
@@ -203,7 +206,8 @@ class Detector:
         batch at a time. Measured on the 2-core development VM, 2 workers of 1 thread were slower
         per 1024x1024 image than 1 worker of 2 threads (scripts/runtime_workers.py times both on
         your CPU); on many-core CPUs, where one small conv cannot keep every thread busy, more
-        workers may pay.
+        workers may pay. decode_timeout: seconds of decoding allowed per 10 MP of image (a file
+        that takes longer is an ImageError); None: no limit.
         """
         if backend not in BACKENDS:
             raise DefakerError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -247,7 +251,8 @@ class Detector:
                 continue
             det = cls(pkg, be, fallback=fallback, load_fallback="; ".join(reasons) or None,
                       batch_size=batch_size, mask=mask, mask_dtype=mask_dtype, max_pixels=max_pixels,
-                      providers=providers, golden=golden, threads=intra, workers=workers)
+                      providers=providers, golden=golden, threads=intra, workers=workers,
+                      decode_timeout=decode_timeout)
             det.package_problems = [f"{f.path}: {verified[f.path]}" for f in pkg.files if verified[f.path]]
             if c.entry is not None and c.entry.forced:
                 det.warning = f"{c.entry.label}: {c.entry.gate_summary()}; its scores are not validated"
@@ -369,14 +374,17 @@ class Detector:
             return self._fp
 
     # ---------------------------------------------------------------- running
-    def _job(self, src: ImageSource, name: str | None, max_pixels: int | None, mask: str) -> _Job:
+    def _job(self, src: ImageSource, name: str | None, max_pixels: int | None, mask: str,
+             decode_timeout: float | None = None) -> _Job:
         t = time.perf_counter()
         label = name or (str(src) if isinstance(src, (str, Path)) else None)
         try:
-            img = load_image(src, max_pixels=max_pixels or self.max_pixels, name=label)
+            img = load_image(src, max_pixels=max_pixels or self.max_pixels, name=label,
+                             decode_timeout=decode_timeout if decode_timeout is not None else self.decode_timeout)
         except DefakerError as e:
+            # the job may wait in the batch: keep the message, not the frames holding the input's bytes
             return _Job(name=label or "<input>", img=None, origins=[], logits=np.zeros(0, np.float32),
-                        stitcher=None, decode_error=e)
+                        stitcher=None, decode_error=clean_error(e))
         h, w = img.shape[:2]
         origins = tiling.tile_origins(h, w, self.spec)
         st = MaskStitcher(h, w, self.spec.tile, self.spec.overlap) if mask != "none" else None
@@ -567,10 +575,11 @@ class Detector:
                        package_problems=list(self.package_problems))
 
     def check(self, image: ImageSource, *, name: str | None = None, mask: str | None = None,
-              max_pixels: int | None = None) -> Verdict:
-        """One image (path, encoded bytes, or an array) -> Verdict. Raises ImageError if unreadable."""
+              max_pixels: int | None = None, decode_timeout: float | None = None) -> Verdict:
+        """One image (path, encoded bytes, or an array) -> Verdict. Raises ImageError if unreadable.
+        decode_timeout overrides the detector's (seconds per 10 MP) for this image."""
         mode = mask or self.mask_mode
-        job = self._job(image, name, max_pixels, mode)
+        job = self._job(image, name, max_pixels, mode, decode_timeout)
         if job.decode_error:
             raise job.decode_error
         for j in self._stream([job], self.backend):

@@ -7,7 +7,6 @@ Detector calls `verify_file` before it hands a path to a backend.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 
 from ..artifacts import sha256_bytes, sha256_file
 from ..errors import ArtifactError
+from .schema import check_thresholds, validate
 from .tiling import parse_dct
 
 FORMAT = "defaker-package/1"
@@ -94,6 +94,7 @@ class Package:
     # the compression-history stream's (frequencies, clip), from input.extra.dct; None: image only
     dct: tuple[int, int] | None = None
     manifest_sha256: str = ""  # which package answered: every Verdict carries it with the model_id
+    golden_sha256: str | None = None
 
     @property
     def package_id(self) -> str | None:
@@ -126,36 +127,14 @@ class Package:
         }
 
 
-def _num(v: Any, what: str, where: Path) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise ArtifactError(f"{where}: {what} must be a number, got {v!r}") from None
-    if not math.isfinite(x):
-        raise ArtifactError(f"{where}: {what} is not finite")
-    return x
-
-
-def _thresholds(d: Any, where: Path) -> Thresholds:
-    if not d:
-        return Thresholds()
-    if not isinstance(d, dict):
-        raise ArtifactError(f"{where}: thresholds must be an object")
-    temp = _num(d.get("temperature", 1.0), "thresholds.temperature", where)
-    if temp <= 0:
-        raise ArtifactError(f"{where}: thresholds.temperature must be > 0, got {temp}")
-    thr = _num(d.get("threshold", 0.5), "thresholds.threshold", where)
+def _thresholds(d: Any, where: Path | str | None = None) -> Thresholds:
+    """A thresholds block as Thresholds; ArtifactError naming the field if runtime.schema refuses it."""
+    probs = check_thresholds(d)
+    if probs:
+        raise ArtifactError(f"{where or 'thresholds'}: {probs[0][0]}: {probs[0][1]}")
     band = d.get("band")
-    if band is not None:
-        if not (isinstance(band, (list, tuple)) and len(band) == 2):
-            raise ArtifactError(f"{where}: thresholds.band must be [lo, hi], got {band!r}")
-        band = (_num(band[0], "band[0]", where), _num(band[1], "band[1]", where))
-    agg = d.get("aggregate", "max")
-    if agg != "max":
-        # the runtime aggregates with tiling.aggregate_logits (max); a package calibrated on another
-        # rule would get thresholds that do not match its scores
-        raise ArtifactError(f"{where}: thresholds.aggregate {agg!r} is not supported (only 'max')")
-    return Thresholds(temperature=temp, threshold=thr, band=band, aggregate=agg)
+    return Thresholds(temperature=float(d["temperature"]), threshold=float(d["threshold"]),
+                      band=(float(band[0]), float(band[1])) if band else None, aggregate=d.get("aggregate", "max"))
 
 
 def resolve_package_dir(package: str | Path | None) -> Path:
@@ -187,48 +166,29 @@ def load_package(package: str | Path | None = None) -> Package:
         raise ArtifactError(f"{mpath}: not valid JSON ({e})") from None
     if not isinstance(m, dict):
         raise ArtifactError(f"{mpath}: must hold a JSON object")
-    if m.get("format") != FORMAT:
-        raise ArtifactError(f"{mpath}: format is {m.get('format')!r}, this runtime reads {FORMAT!r}")
-    inp = m.get("input") or {}
-    tile = int(_num(inp.get("tile", 0), "input.tile", mpath))
-    if tile <= 0 or tile % 4:
-        raise ArtifactError(f"{mpath}: input.tile must be a positive multiple of 4, got {tile}")
-    overlap = int(_num(inp.get("overlap", 0), "input.overlap", mpath))
-    if not 0 <= overlap < tile:
-        raise ArtifactError(f"{mpath}: input.overlap must be in [0, tile), got {overlap}")
-    files = []
-    for i, f in enumerate(m.get("files") or []):
-        if not isinstance(f, dict) or "path" not in f or "precision" not in f:
-            raise ArtifactError(f"{mpath}: files[{i}] needs 'path' and 'precision'")
-        p = str(f["path"])
-        if Path(p).is_absolute() or ".." in Path(p).parts:
-            raise ArtifactError(f"{mpath}: files[{i}].path {p!r} must stay inside the package")
-        files.append(FileEntry(
-            path=p, precision=str(f["precision"]), format=str(f.get("format", "onnx")),
-            sha256=f.get("sha256"), bytes=f.get("bytes"), role=f.get("role"),
-            trt_version=None if f.get("trt_version") is None else str(f["trt_version"]),
-            compute_capability=None if f.get("compute_capability") is None else str(f["compute_capability"]),
-            raw=f))
-    if not files:
-        raise ArtifactError(f"{mpath}: the files list is empty")
+    probs = validate(m)
+    if probs:  # one line naming the field; `defaker package verify` lists them all
+        _, fld, msg = probs[0]
+        more = f" (and {len(probs) - 1} more problem(s): defaker package verify {root})" if len(probs) > 1 else ""
+        raise ArtifactError(f"{mpath}: {fld}: {msg}{more}")
+    inp = m["input"]
+    files = [FileEntry(
+        path=f["path"], precision=f["precision"], format=f.get("format", "onnx"),
+        sha256=f.get("sha256"), bytes=f.get("bytes"), role=f.get("role"),
+        trt_version=None if f.get("trt_version") is None else str(f["trt_version"]),
+        compute_capability=None if f.get("compute_capability") is None else str(f["compute_capability"]),
+        raw=f) for f in m["files"]]
     golden = m.get("golden") or {}
     atol = {str(k): float(v) for k, v in (golden.get("atol") or {}).items() if v is not None}
-    dct = None
-    extra = inp.get("extra")
-    if extra is not None:
-        d = extra.get("dct") if isinstance(extra, dict) else None
-        if not isinstance(d, dict) or "freqs" not in d or "clip" not in d:
-            raise ArtifactError(f"{mpath}: input.extra must hold dct {{freqs, clip, ...}} and qtable")
-        try:
-            dct = parse_dct(f"{d['freqs']},{d['clip']}")
-        except ValueError as e:
-            raise ArtifactError(f"{mpath}: input.extra.dct: {e}") from None
+    extra = inp.get("extra")  # checked by the schema: dct {freqs, clip, ...} and qtable
+    dct = parse_dct(f"{extra['dct']['freqs']},{extra['dct']['clip']}") if extra is not None else None
     return Package(
-        root=root, manifest=m, files=files, tile=tile, overlap=overlap,
-        input_name=str(inp.get("name", "image")),
+        root=root, manifest=m, files=files, tile=inp["tile"], overlap=inp.get("overlap", 0),
+        input_name=inp.get("name", "image"),
         mean=tuple(inp.get("mean", (0.485, 0.456, 0.406))), std=tuple(inp.get("std", (0.229, 0.224, 0.225))),
-        thresholds=_thresholds(m.get("thresholds"), mpath),
-        golden_file=golden.get("file"), golden_atol=atol, dct=dct, manifest_sha256=sha256_bytes(raw))
+        thresholds=_thresholds(m["thresholds"]),
+        golden_file=golden.get("file"), golden_atol=atol, dct=dct, manifest_sha256=sha256_bytes(raw),
+        golden_sha256=golden.get("sha256"))
 
 
 def verify_file(pkg: Package, entry: FileEntry) -> str | None:
@@ -258,6 +218,9 @@ def load_golden(pkg: Package) -> Golden | None:
     path = pkg.root / pkg.golden_file
     if not path.is_file():
         raise ArtifactError(f"{path}: golden file named in the manifest is missing")
+    # the golden outputs are what every model file is judged by: they must be the exported ones
+    if sha256_file(path) != pkg.golden_sha256:
+        raise ArtifactError(f"{path}: sha256 does not match the manifest's golden.sha256")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
