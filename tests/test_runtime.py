@@ -37,12 +37,13 @@ class Wrap(Backend):
         self.inner, self.mode, self.sizes = inner, mode, []
         self.name, self.precision, self.provider = inner.name, inner.precision, inner.provider
         self.input_format = inner.input_format
+        self.dct = inner.dct
 
-    def run(self, batch):
+    def run(self, batch, extra=None):
         self.sizes.append(batch.shape[0])
         if self.mode == "raise":
             raise RuntimeError("device lost")
-        f, m = self.inner.run(batch)
+        f, m = self.inner.run(batch, extra)
         if self.mode == "nan":
             f = f.copy()
             f[0] = np.nan
@@ -360,7 +361,7 @@ class Concurrent(Wrap):
         self.now = self.peak = 0
         self._lock = threading.Lock()
 
-    def run(self, batch):
+    def run(self, batch, extra=None):
         import time as _t
 
         with self._lock:
@@ -368,7 +369,7 @@ class Concurrent(Wrap):
             self.peak = max(self.peak, self.now)
         try:
             _t.sleep(0.05)  # long enough for the next batch to be submitted meanwhile
-            return super().run(batch)
+            return super().run(batch, extra)
         finally:
             with self._lock:
                 self.now -= 1

@@ -70,7 +70,8 @@ def _render_size(rng, h: int, w: int, p: float) -> tuple[tuple[int, int], list[s
     return (max(64, int(round(h / f))), max(64, int(round(w / f)))), [f"resize{f:.2f}"]
 
 
-def _choose(rng: np.random.Generator, ops: dict) -> str:
+def choose_op(rng: np.random.Generator, ops: dict) -> str:
+    """A manipulation name drawn by the ops' weights (ops: name -> (fn, weight))."""
     names = list(ops)
     p = np.array([ops[k][1] for k in names], np.float64)
     return names[int(rng.choice(len(names), p=p / p.sum()))]
@@ -82,7 +83,7 @@ def _manipulate(rng, ops, base, ctx):
     min_px = max(24, int(2e-4 * h * w))
     best = None
     for _ in range(6):
-        kind = _choose(rng, ops)
+        kind = choose_op(rng, ops)
         before, after, info = ops[kind][0](rng, base, ctx)
         m = changed(before, after)
         if m.sum() >= min_px:

@@ -15,22 +15,31 @@ from .postprocess import add_noise, jpeg, sharpen
 from .scenes import natural_source
 
 
+def paste_donor(rng, img, donor, info: dict, area: tuple[float, float], p_jpeg: float, recompress=jpeg):
+    """The splice itself, shared by the synthetic and the real-photo generators: maybe re-save the
+    donor (`recompress(donor, q)`, q 50-95, with probability p_jpeg), pick a region, maybe match its
+    colour to the host's, feather the edge, composite. `info` gains what was done."""
+    h, w = img.shape[:2]
+    if rng.random() < p_jpeg:
+        q = int(rng.integers(50, 96))
+        donor = recompress(donor, q)
+        info["donor_jpeg"] = q
+    m, shape = R.random_region(rng, h, w, area=area)
+    if rng.random() < 0.5:
+        donor = R.match_colour(donor, img, m)
+        info["colour_matched"] = True
+    alpha, sigma = R.feather(rng, m)
+    return R.composite(img, donor, alpha), shape, round(sigma, 2)
+
+
 def splice(rng, img, src_name):
     """Paste a region of another photo/scene (maybe colour-matched, maybe with its own JPEG history)."""
     h, w = img.shape[:2]
     donor, dname = natural_source(rng, h, w, exclude=src_name.split(":", 1)[-1])
     info = {"donor": dname}
-    if rng.random() < 0.5:
-        q = int(rng.integers(50, 96))
-        donor = jpeg(donor, q)
-        info["donor_jpeg"] = q
-    m, shape = R.random_region(rng, h, w, area=(0.02, 0.2))
-    if rng.random() < 0.5:
-        donor = R.match_colour(donor, img, m)
-        info["colour_matched"] = True
-    alpha, sigma = R.feather(rng, m)
-    info.update(shape=shape, feather=round(sigma, 2))
-    return img, R.composite(img, donor, alpha), info
+    after, shape, sigma = paste_donor(rng, img, donor, info, (0.02, 0.2), 0.5)
+    info.update(shape=shape, feather=sigma)
+    return img, after, info
 
 
 def copy_move(rng, img, src_name):

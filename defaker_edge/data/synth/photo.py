@@ -32,7 +32,8 @@ from PIL import Image
 from ...errors import DefakerError
 from . import regions as R
 from .documents import DOCUMENT_OPS, render_document, scan
-from .manipulations import copy_move, inpaint_removal, resample, retouch
+from .core import choose_op
+from .manipulations import copy_move, inpaint_removal, paste_donor, resample, retouch
 
 RESERVED = ("plasma-workspace-wallpapers", "mate-backgrounds", "lomiri-wallpapers")
 
@@ -168,17 +169,10 @@ def splice(rng, img, corpus: PhotoCorpus, host: str):
     if donor.shape[:2] != (h, w):
         donor = cv2.resize(donor, (w, h), interpolation=cv2.INTER_LINEAR)
         dinfo["rescaled"] = True
-    if rng.random() < 0.4:  # the donor was saved once more on its way (a download, a screenshot)
-        q = int(rng.integers(50, 96))
-        donor = jpeg_round(donor, q)
-        dinfo["donor_jpeg"] = q
-    m, shape = R.random_region(rng, h, w, area=(0.01, 0.15))
-    if rng.random() < 0.5:
-        donor = R.match_colour(donor, img, m)
-        dinfo["colour_matched"] = True
-    alpha, sigma = R.feather(rng, m)
-    info.update(donor=dinfo, shape=shape, feather=round(sigma, 2))
-    return img, R.composite(img, donor, alpha), info
+    # 40%: the donor was saved once more on its way (a download, a screenshot)
+    after, shape, sigma = paste_donor(rng, img, donor, dinfo, (0.01, 0.15), 0.4, jpeg_round)
+    info.update(donor=dinfo, shape=shape, feather=sigma)
+    return img, after, info
 
 
 def patch_fill(rng, img, corpus, host):
@@ -221,19 +215,13 @@ PHOTO_OPS = {
 }
 
 
-def _choose(rng, ops: dict) -> str:
-    names = list(ops)
-    p = np.array([ops[k][1] for k in names], np.float64)
-    return names[int(rng.choice(len(names), p=p / p.sum()))]
-
-
 def _edit(rng, ops: dict, base: np.ndarray, *ctx) -> tuple[str, np.ndarray, np.ndarray, dict]:
     """Random ops until one changes a meaningful number of pixels (some are no-ops on flat areas)."""
     h, w = base.shape[:2]
     min_px = max(64, int(5e-4 * h * w))
     best = None
     for _ in range(6):
-        kind = _choose(rng, ops)
+        kind = choose_op(rng, ops)
         before, after, info = ops[kind][0](rng, base, *ctx)
         m = R.changed(before, after)
         if m.sum() >= min_px:
