@@ -296,3 +296,39 @@ def test_int8_cpu_takes_raw_pixels_by_default(calib, small_val, tmp_path):
     assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     f, m = onnx_runner(res.onnx, T)(np.random.default_rng(0).integers(0, 256, (2, T, T, 3), dtype=np.uint8))
     assert f.shape == (2,) and m.shape == (2, 1, T // 4, T // 4) and np.isfinite(m).all()
+
+
+def test_int8_cpu_with_the_dct_stream_keeps_its_inputs_exact(calib, small_val, tmp_path):
+    """A compression-history student on the default CPU path: raw uint8 pixels in, the dct and qtable
+    inputs kept beside them (declared in metadata), the one-hot conv INT8, and the quantized file's
+    answers close to FP32's on JPEG tiles with their table."""
+    import onnx
+    import torch
+
+    from defaker_edge.export.golden import as_jpeg
+    from defaker_edge.quantize.evaluate import onnx_runner
+    from defaker_edge.runtime import tiling
+    from defaker_edge.student import StudentConfig, build_student, save_student
+    from defaker_edge.student.inputs import dummy_inputs
+
+    torch.manual_seed(0)
+    scfg = StudentConfig.from_preset("block-dct-s", tile=T)
+    model = build_student(scfg).eval()
+    sdir = save_student(model, scfg, tmp_path / "B")
+    cfg = QuantConfig(precision="int8-cpu", out=str(tmp_path / "Q"), budget_auc=1.0, budget_f1=1.0, data=small_val)
+    res = quantize(str(sdir), calib, cfg)
+    assert res.manifest["input_format"] == tiling.RAW_S2D
+    m = onnx.load(str(res.onnx))
+    assert [i.name for i in m.graph.input] == ["image", "dct", "qtable"]
+    assert tiling.model_dct(m) == (8, 10)
+    producers = {o: n for n in m.graph.node for o in n.output}
+    embed = next(n for n in m.graph.node if n.op_type == "Conv" and "/dct/embed" in n.name)
+    assert producers[embed.input[1]].op_type == "DequantizeLinear"  # the one-hot's conv runs in INT8
+    tiles, tables = as_jpeg(np.random.default_rng(1).integers(0, 256, (3, T, T, 3), dtype=np.uint8))
+    fq, mq = onnx_runner(res.onnx, T)(tiles, tables)
+    x = torch.from_numpy(tiling.normalize(tiles))
+    extra = tiling.extra_inputs(tiles, tables, (8, 10))
+    with torch.no_grad():
+        f32, m32 = model(x, torch.from_numpy(extra["dct"]), torch.from_numpy(extra["qtable"]))
+    assert dummy_inputs(model, 1, T)[1].shape == (1, 8, T // 8, T // 8)
+    assert np.abs(fq - f32.numpy()).max() < 0.5 and np.abs(mq - m32.numpy()).mean() < 0.2

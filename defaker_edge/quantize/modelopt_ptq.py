@@ -193,4 +193,12 @@ def fp8_onnx(fp32_onnx: str | Path, out: str | Path, calib: np.ndarray, exclude_
                           high_precision_dtype="fp32", output_path=str(Path(tmp) / "fp8.onnx"),
                           log_level="WARNING")
         shutil.copyfile(Path(tmp) / "fp8.onnx", out)
+    # ModelOpt's ONNX quantizer drops the model's metadata; the runtime reads the DCT stream from it
+    import onnx
+
+    from ..export.onnx_export import set_metadata
+
+    src = {p.key: p.value for p in onnx.load(str(fp32_onnx), load_external_data=False).metadata_props}
+    if src:
+        set_metadata(out, src)
     return out
