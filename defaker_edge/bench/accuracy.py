@@ -42,7 +42,9 @@ def evaluate(predictor, samples: list[Sample], threshold: float, *, perturb: Per
             gt, _ = load_mask(s.mask, size=img.shape[:2])
         if perturb is not None:
             img, gt = perturb(img, gt)
-        p = predictor.check(img)
+        # unperturbed, the predictor gets the file too: its JPEG table is the compression-history
+        # stream's input, as on a device; a perturbed image is pixels without a file (no table)
+        p = predictor.check(img, source=s.image if perturb is None else None)
         if p.fallback:
             n_fallback += 1
         pix = None

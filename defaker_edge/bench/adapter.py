@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError
+from ..runtime.dct import read_qtable, tile_tables
 from ..runtime.stitch import MaskStitcher, sigmoid
 from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, extra_inputs, prepare, tile_origins
 
@@ -96,14 +97,16 @@ class OnnxPredictor:
             masks.append(np.asarray(ml))
         return np.concatenate(logits), np.concatenate(masks)
 
-    def check(self, img: np.ndarray) -> Prediction:
+    def check(self, img: np.ndarray, source: str | Path | None = None) -> Prediction:
+        """`img` decoded; `source` its file, whose JPEG table the DCT stream reads (None: no table)."""
         t0 = time.perf_counter()
         h, w = img.shape[:2]
         T = self.spec.tile
         origins = tile_origins(h, w, self.spec)
         tiles = cut_tiles(img, origins, T)
         x = prepare(tiles, self.input_format)
-        extra = extra_inputs(tiles, None, self.dct)  # an array has no file, so no table
+        tables = tile_tables(read_qtable(source), origins) if (source is not None and self.dct) else None
+        extra = extra_inputs(tiles, tables, self.dct)
         t1 = time.perf_counter()
         fl, ml = self.run_tiles(x, extra)
         t2 = time.perf_counter()
@@ -136,8 +139,9 @@ class DetectorPredictor:
             raise RuntimeError(f"Detector loaded precision {got!r}, asked for {precision!r}")
         self.session = getattr(self.det.backend, "session", None)
 
-    def check(self, img: np.ndarray) -> Prediction:
-        v = self.det.check(img)
+    def check(self, img: np.ndarray, source: str | Path | None = None) -> Prediction:
+        """The file when given (the Detector reads its JPEG table, as on a device), else the pixels."""
+        v = self.det.check(str(source) if source is not None else img)
         return Prediction(float(v.fake_prob), np.asarray(v.mask, dtype=np.float32), v.fallback,
                           dict(v.timings or {}, tiles=v.n_tiles))
 

@@ -65,7 +65,7 @@ class TeacherPredictor:
     def __init__(self, spec: str, *, device: str = "cpu", dtype: str = "fp32"):
         self.teacher, self.info = load_teacher_for_bench(spec, device=device, dtype=dtype)
 
-    def check(self, img):
+    def check(self, img, source=None):  # the teacher reads pixels only; `source` is the file
         import numpy as np
         import torch
 
