@@ -71,7 +71,6 @@ class ImageStore:
         elif s.label == 0:
             gt = np.zeros(img.shape[:2], bool)
         tgt = self.targets(s.key, img) if self.targets is not None else None
-        self._q[i] = read_qtable(s.image)  # the file's own table: the compression history it carries
         item = (img, gt, tgt)
         size = img.nbytes + (gt.nbytes if gt is not None else 0)
         self._lru[i] = (item, size)

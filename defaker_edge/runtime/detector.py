@@ -388,8 +388,10 @@ class Detector:
         h, w = img.shape[:2]
         origins = tiling.tile_origins(h, w, self.spec)
         st = MaskStitcher(h, w, self.spec.tile, self.spec.overlap) if mask != "none" else None
-        # the table is in the header: Pillow parses it without decoding (a fraction of a ms)
-        q = read_qtable(src) if isinstance(src, (str, Path, bytes, bytearray, memoryview)) else None
+        # the table is in the header: Pillow parses it without decoding (a fraction of a ms); only a
+        # package with the compression-history stream reads it
+        q = (read_qtable(src) if self.package.dct and isinstance(src, (str, Path, bytes, bytearray, memoryview))
+             else None)
         return _Job(name=label, img=img, origins=origins, logits=np.full(len(origins), np.nan, np.float32),
                     stitcher=st, decode_ms=(time.perf_counter() - t) * 1e3, qtable=q)
 
