@@ -274,3 +274,77 @@ def test_auto_prefers_a_compatible_engine_on_a_gpu_box(pkg, engine, monkeypatch)
     det = Detector.load(pkg, trt=fake_trt(pkg / "model_fp32.onnx", version="10.4.1"), cudart=FakeCudart())
     assert det.backend.name == "onnxruntime"
     assert det.load_fallback == "engine int8: engine built with TensorRT 10.3.0, this is TensorRT 10.4.1"
+
+
+class _DctContext(FakeContext):
+    """Executes a compression-history engine: reads image, dct and qtable from their device buffers."""
+
+    def execute_async_v3(self, stream_handle):
+        import onnxruntime as ort
+
+        self.calls.append(("execute_async_v3", stream_handle))
+        feeds = {}
+        for name in ("image", "dct", "qtable"):
+            shape = self.shapes[name]
+            feeds[name] = np.frombuffer((ctypes.c_char * (int(np.prod(shape)) * 4)).from_address(self.addr[name]),
+                                        dtype=np.float32).reshape(shape).copy()
+        s = ort.InferenceSession(str(self.e.onnx), providers=["CPUExecutionProvider"])
+        f, m = (np.ascontiguousarray(a, np.float32) for a in s.run(["fake_logit", "mask_logits"], feeds))
+        ctypes.memmove(self.addr["fake_logit"], f.ctypes.data, f.nbytes)
+        ctypes.memmove(self.addr["mask_logits"], m.ctypes.data, m.nbytes)
+        return True
+
+
+class _DctEngine(FakeEngine):
+    names = ["image", "dct", "qtable", "fake_logit", "mask_logits"]
+
+    def __init__(self, onnx, freqs):
+        super().__init__(onnx)
+        self.num_io_tensors, self.freqs = 5, freqs
+
+    def get_tensor_mode(self, name):
+        return "INPUT" if name in ("image", "dct", "qtable") else "OUTPUT"
+
+    def get_tensor_shape(self, name):
+        return {"dct": (-1, self.freqs, TILE // 8, TILE // 8), "qtable": (-1, 64)}.get(name) or super().get_tensor_shape(name)
+
+    def create_execution_context(self):
+        c = _DctContext(self)
+        self.contexts.append(c)
+        return c
+
+
+def test_engine_with_the_dct_stream_gets_all_three_inputs(tmp_path):
+    """An engine built from a compression-history model takes dct and qtable beside the image; the
+    backend stages all three per batch and answers as the ONNX file does on the same feeds."""
+    torch = pytest.importorskip("torch")
+    from defaker_edge.export.golden import as_jpeg
+    from defaker_edge.runtime.backends.onnxruntime import session_feeds
+    from defaker_edge.runtime.backends.tensorrt import TrtBackend
+    from defaker_edge.student import StudentConfig, build_student, export_onnx
+
+    torch.manual_seed(0)
+    onnx_path = export_onnx(build_student(StudentConfig.from_preset("block-dct-s", tile=TILE)).eval(), TILE,
+                            tmp_path / "m.onnx")
+    trt, cu = fake_trt(onnx_path), FakeCudart()
+    trt.Runtime = type("R", (), {"__init__": lambda self, lg: None,
+                                 "deserialize_cuda_engine": lambda self, d: trt.engines.append(
+                                     _DctEngine(onnx_path, 8)) or trt.engines[-1]})
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(ENGINE_MAGIC + b"\0" * 8)
+    with pytest.raises(BackendUnavailable, match="expected 1"):
+        TrtBackend(engine, _entry(engine), TILE, trt=trt, cudart=cu)  # a manifest without the stream
+    be = TrtBackend(engine, _entry(engine), TILE, max_batch=4, trt=trt, cudart=cu, dct=(8, 10))
+    tiles, tables = as_jpeg(np.random.default_rng(0).integers(0, 256, (6, TILE, TILE, 3), dtype=np.uint8))
+    f, m = be.run_tiles(tiles, tables)
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rf, rm = s.run(["fake_logit", "mask_logits"], session_feeds(s, tiles, tables))
+    np.testing.assert_allclose(f, rf, atol=1e-5)
+    np.testing.assert_allclose(m, rm, atol=1e-5)
+    shapes = [c[1:] for c in trt.engines[-1].contexts[0].calls if c[0] == "set_input_shape"]
+    assert ("dct", (4, 8, TILE // 8, TILE // 8)) in shapes and ("qtable", (2, 64)) in shapes
+    with pytest.raises(ValueError, match="dct and qtable"):
+        be.run(tiling.normalize(tiles))
+    be.close()

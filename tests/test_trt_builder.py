@@ -430,3 +430,21 @@ def test_real_autocast_keeps_layernorm_fp32(tmp_path):
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # FP32 I/O kept
     import numpy as np
     assert all(np.isfinite(o).all() for o in run_onnx(tmp_path / "out.onnx", np.zeros((1, 3, 32, 32), np.float32)))
+
+
+def test_compression_history_inputs_get_their_own_profiles():
+    """A package with the DCT stream (manifest input.extra) builds with a profile for dct and qtable
+    over the image's batch range; a package without it keeps the one image profile."""
+    from defaker_edge.export.trt_builder import _manifest_dct
+
+    inp = {"name": "image", "tile": 64, "extra": {"dct": {"shape": [-1, 24, 8, 8], "dtype": "float32", "freqs": 24,
+                                                          "clip": 10}, "qtable": {"shape": [-1, 64], "dtype": "float32"}}}
+    assert _manifest_dct(inp) == (24, 10) and _manifest_dct({"name": "image", "tile": 64}) is None
+    trt = fake_trt("10.3.0")
+    plan = plan_build("orin", "int8", trt.__version__, "8.7", tile=64, batch_max=8, dct=_manifest_dct(inp))
+    assert plan.extra_profiles["dct"] == {"min": [1, 24, 8, 8], "opt": [4, 24, 8, 8], "max": [8, 24, 8, 8]}
+    build_serialized(trt, plan, "m.onnx")
+    shapes = {x[1]: x[2:] for x in trt.calls if x[0] == "set_shape"}
+    assert shapes["image"] == ((1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64))
+    assert shapes["qtable"] == ((1, 64), (4, 64), (8, 64)) and shapes["dct"][2] == (8, 24, 8, 8)
+    assert plan_build("orin", "int8", "10.3.0", "8.7", tile=64).extra_profiles == {}
