@@ -411,7 +411,7 @@ class Detector:
         fmt = backend.input_format
         bufs = [tiling.input_buffer(fmt, B, T) for _ in range(W)]
         # the compression-history inputs, batch buffers beside the image's (empty for other models)
-        ebufs = [tiling.extra_inputs(np.zeros((B, T, T, 3), np.uint8), None, backend.dct) for _ in range(W)]
+        ebufs = [tiling.extra_buffers(B, T, backend.dct) for _ in range(W)]
         cur = 0
         refs: list[tuple[_Job, int]] = []
         pending: deque[tuple[Any, list[tuple[_Job, int]]]] = deque()

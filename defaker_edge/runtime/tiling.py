@@ -225,6 +225,13 @@ def extra_inputs(tiles: np.ndarray, tables: np.ndarray | None, dct: tuple[int, i
     return {"dct": dct_stream(tiles, q, *dct), "qtable": np.ascontiguousarray(q, dtype=np.float32)}
 
 
+def extra_buffers(n: int, tile: int, dct: tuple[int, int] | None) -> dict[str, np.ndarray]:
+    """Empty batch buffers for `extra_inputs` of `n` tiles ({} for a model without the stream)."""
+    if dct is None:
+        return {}
+    return {"dct": np.empty((n, dct[0], tile // 8, tile // 8), np.float32), "qtable": np.empty((n, 64), np.float32)}
+
+
 def aggregate_logits(tile_logits: np.ndarray) -> float:
     """One image logit from its tiles' logits: the maximum.
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import tiling
 from ..package import FileEntry
 from .base import Backend, BackendUnavailable, check_outputs
 
@@ -113,8 +114,8 @@ class TrtBackend(Backend):
         want_in = 3 if self.dct else 1
         if len(ins) != want_in or len(outs) != 2:
             raise BackendUnavailable(f"engine has inputs {ins} and outputs {outs}; expected {want_in} and 2")
-        self.input = [n for n in ins if n not in ("dct", "qtable")][0]
-        self.extra_names = [n for n in ins if n in ("dct", "qtable")]
+        self.input = [n for n in ins if n not in tiling.EXTRA_INPUTS][0]
+        self.extra_names = [n for n in ins if n in tiling.EXTRA_INPUTS]
         if self.input != input_name:
             log.warning("engine input is named %r, the manifest says %r", self.input, input_name)
         self.outputs = ["fake_logit", "mask_logits"] if {"fake_logit", "mask_logits"} <= set(outs) else outs

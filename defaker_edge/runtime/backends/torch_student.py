@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import tiling
 from .base import Backend, BackendUnavailable, check_outputs
 
 
@@ -45,6 +46,6 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
             more = [torch.from_numpy(np.ascontiguousarray(extra[k], dtype=np.float32)).to(self.device)
-                    for k in ("dct", "qtable")] if self.dct else []
+                    for k in tiling.EXTRA_INPUTS] if self.dct else []
             fake, mask = self.model(x, *more)
             return check_outputs(fake.float().cpu().numpy(), mask.float().cpu().numpy(), x.shape[0], self.tile)
