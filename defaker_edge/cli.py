@@ -23,6 +23,7 @@ STAGES = [
     ("defaker_edge.eval_cli", ("eval",)),
     ("defaker_edge.teacher.cli", ("teacher",)),
     ("defaker_edge.distill.cli", ("distill", "prune")),
+    ("defaker_edge.distill.program_cli", ("train",)),
     ("defaker_edge.calibration.cli", ("calibrate",)),
     ("defaker_edge.quantize.cli", ("quantize",)),
     ("defaker_edge.export.cli", ("export", "package", "engine")),
@@ -36,7 +37,7 @@ BUILD_MODULES = {"torch", "torchvision", "transformers", "peft", "modelopt", "on
                  "onnx_graphsurgeon", "polygraphy", "onnxconverter_common", "safetensors", "cv2", "skimage",
                  "matplotlib", "sklearn", "scipy", "requests"}
 GPU_MODULES = {"tensorrt", "cuda"}
-GROUPS = {"data", "teacher", "calibrate", "package", "engine"}  # commands with sub-commands
+GROUPS = {"data", "teacher", "calibrate", "package", "engine", "train"}  # commands with sub-commands
 
 EPILOG = """\
 The pipeline, stage by stage (each reads an artifact directory and writes one):

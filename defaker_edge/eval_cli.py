@@ -13,9 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="score predictions against a dataset (AUC, balanced acc, pixel F1/IoU)",
         description="Score a predictions file against a dataset. Each predictions line is "
-                    '{"image": <path as in the manifest>, "fake_prob": float, "mask": <PNG path or null>}; '
-                    "mask PNGs hold probabilities as 0..255 at the image's size, paths relative to the "
-                    "predictions file.",
+                    '{"image": <path as in the manifest>, "fake_prob": float, "mask": <PNG path or null>, '
+                    '"heatmap": <PNG path>, "pixel_threshold": float} (what `defaker check --json --mask-dir` '
+                    "prints). Where a line names a heatmap (probabilities 0..255 at the image's size), pixel F1 "
+                    "and IoU are at its pixel_threshold (the package's cut) and best-cut F1 and pixel AUC come "
+                    "from it; else the mask PNG is scored at 0.5. Paths are relative to the predictions file.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--predictions", required=True, help="predictions JSONL")
     p.add_argument("--data", required=True, help="dataset: manifest.jsonl or folder")
@@ -63,17 +65,22 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
         pix = None
         if s.label == 1 and s.mask:
             gt, _ = load_mask(s.mask)
-            if d.get("mask"):
-                mp = Path(d["mask"])
+            # the heatmap (probabilities) where the line names one, cut at the line's pixel threshold:
+            # F1 at the shipped cut, best-cut F1 and pixel AUC from one file; else the mask PNG at 0.5
+            # (a binary mask: the cut it was made at)
+            key = "heatmap" if d.get("heatmap") else "mask" if d.get("mask") else None
+            if key:
+                mp = Path(d[key])
                 mp = mp if mp.is_absolute() else proot / mp
                 from .data.io import load_image
                 pm = load_image(mp)[:, :, 0]
                 if pm.shape != gt.shape:
                     raise DatasetError(f"{mp}: predicted mask is {pm.shape[1]}x{pm.shape[0]}, "
                                        f"ground truth is {gt.shape[1]}x{gt.shape[0]}")
-                pix = pixel_scores(pm, gt)
-            else:
-                pix = {"pixel_f1": 0.0, "pixel_f1_best": 0.0, "pixel_iou": 0.0}  # no mask predicted
+                cut = float(d.get("pixel_threshold", 0.5)) if key == "heatmap" else 0.5
+                pix = pixel_scores(pm, gt, threshold=cut)
+            else:  # no mask predicted
+                pix = {"pixel_f1": 0.0, "pixel_f1_best": 0.0, "pixel_iou": 0.0, "pixel_auc": 0.5}
         records.append(Record(label=s.label, fake_prob=float(d["fake_prob"]), domain=s.domain, pixel=pix,
                               kind=s.kind))
     if missing:
@@ -81,7 +88,7 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
     return summarize(records, threshold)
 
 
-COLUMNS = ("n_fake", "n_real", "image_auc", "balanced_acc", "pixel_f1", "pixel_f1_best", "pixel_iou")
+COLUMNS = ("n_fake", "n_real", "image_auc", "balanced_acc", "pixel_f1", "pixel_f1_best", "pixel_iou", "pixel_auc")
 
 
 def markdown_table(report: dict) -> str:

@@ -61,7 +61,11 @@ def test_folder_json_masks_and_exit_3(pkg, folder, tmp_path, capsys):
         assert 0.0 <= line["fake_prob"] <= 1.0 and line["is_fake"] == (line["fake_prob"] >= line["threshold"])
         assert {"backend", "precision", "fallback", "ms", "threshold"} <= set(line)
         m = np.asarray(Image.open(out / f"{stem}.mask.png"))
-        assert m.shape == (h, w) and m.dtype == np.uint8
+        assert m.shape == (h, w) and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 255}  # the decision
+        heat = np.asarray(Image.open(out / f"{stem}.heatmap.png"))
+        assert heat.shape == (h, w) and line["heatmap"] == str(out / f"{stem}.heatmap.png")
+        cut = round(line["pixel_threshold"] * 255)
+        np.testing.assert_array_equal(m == 255, heat >= cut)
         assert Image.open(out / f"{stem}.overlay.jpg").size == (w, h)
         assert line["mask"] == str(out / f"{stem}.mask.png")
         assert line["package_id"] and len(line["manifest_sha256"]) == 64
@@ -148,15 +152,15 @@ def test_mask_dir_equal_to_the_input_folder_never_touches_an_input(pkg, folder, 
     after = _tree_bytes(d)
     assert all(after[k] == v for k, v in before.items())  # every input byte-identical
     assert {k for k in after if k not in before} == {f"{s}{x}" for s in ("small", "mid", "grey", "alpha")
-                                                     for x in (".mask.png", ".overlay.jpg")}
+                                                     for x in (".mask.png", ".heatmap.png", ".overlay.jpg")}
     capsys.readouterr()
     # a second run does not score the first run's masks, and does not replace them without --overwrite
     assert main(["check", str(d), "--package", str(pkg), "--json", "--mask-dir", str(d)]) == 2
     err = capsys.readouterr().err
-    assert "--overwrite" in err and "skipped 8 file(s) named like its outputs" in err
+    assert "--overwrite" in err and "skipped 12 file(s) named like its outputs" in err
     assert main(["check", str(d), "--package", str(pkg), "--json", "--mask-dir", str(d), "--overwrite"]) == 3
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert len(lines) == 5 and not any(".mask." in x["image"] for x in lines)
+    assert len(lines) == 5 and not any(".mask." in x["image"] or ".heatmap." in x["image"] for x in lines)
     assert all(_tree_bytes(d)[k] == v for k, v in before.items())
 
 

@@ -55,7 +55,7 @@ def test_dice_and_missing_targets():
     assert parts == {} and float(total.detach()) == 0.0
     batch["gt_mask_w"] = torch.ones(2)
     total, parts = distill_loss(torch.zeros(2), torch.zeros(2, 1, 8, 8), batch, LossWeights())
-    assert set(parts) == {"gt_mask", "gt_dice"} and float(total) > 0
+    assert set(parts) == {"gt_mask", "gt_dice", "gt_block"} and float(total) > 0
 
 
 def test_soft_mask_is_mean_probability_per_4x4_cell():
@@ -227,3 +227,59 @@ def test_init_warm_starts_from_a_student_dir(manifest, teacher, tmp_path):
         if "running" in k or "num_batches" in k:
             continue
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+
+
+def test_block_loss_weighs_edited_and_untouched_blocks_alike():
+    from defaker_edge.distill.losses import block_balanced_bce
+
+    gt = torch.zeros(2, 1, 16, 16)
+    gt[0, :, :2, :2] = 1.0  # one edited 8x8 block (2x2 cells at 1/4) of 64
+    right = (gt * 2 - 1) * 6  # logits that mark exactly the edit
+    assert float(block_balanced_bce(right, gt).max()) < 0.01
+    # all-negative logits: the untouched-pixel BCE of image 0 is tiny, but its block loss is not
+    # (the one edited block counts half), which is what pulls a faint mask across 0
+    neg = torch.full_like(gt, -6.0)
+    loss = block_balanced_bce(neg, gt)
+    assert float(loss[0]) > 2.5 and float(loss[1]) < 0.01
+
+
+def test_table_dropout_keeps_pixels_and_drops_the_table(manifest):
+    from defaker_edge.runtime.dct import NO_TABLE
+
+    store = ImageStore(load_dataset(manifest), None)
+    keep = TileSampler(store, 64, 0, AugConfig(p_drop_table=0.0, p_jpeg=1.0), dct=(4, 10))
+    drop = TileSampler(store, 64, 0, AugConfig(p_drop_table=1.0, p_jpeg=1.0), dct=(4, 10))
+    a, b = keep.item(0, 0), drop.item(0, 0)
+    assert a["qtable"].any()  # p_jpeg=1: every crop is a JPEG with a table
+    np.testing.assert_array_equal(a["x"], b["x"])
+    np.testing.assert_array_equal(b["qtable"], NO_TABLE)
+
+
+def test_program_resumes_from_committed_state_and_keeps_a_ledger(manifest, tmp_path):
+    from defaker_edge.distill.program import ProgramConfig, train_session
+    from defaker_edge.distill.promotion import compare, format_table
+
+    init = distill(small_cfg(manifest, tmp_path / "init", steps=2, eval_max=0, student="block-s")).out
+    state, ledger = tmp_path / "models" / "program", tmp_path / "models" / "ledger.jsonl"
+
+    def session(work):
+        cfg = ProgramConfig(data=manifest, heldout=manifest, state=str(state), ledger=str(ledger), work=str(work),
+                            init=str(init), minutes=0.04, ckpt_minutes=0.01, eval_minutes=100, eval_max=6,
+                            batch=4, crop=64, threads=1)
+        return train_session(cfg)
+
+    first = session(tmp_path / "w1")
+    lines = [json.loads(x) for x in ledger.read_text().splitlines()]
+    assert len(lines) >= 2 and lines == first.lines  # a line per checkpoint (time-based, and the last)
+    assert "heldout" in lines[-1] and "heldout" not in lines[0]  # scored at the end (eval_minutes is long)
+    assert lines[-1]["heldout"]["all"]["n"] == 6 and lines[-1]["cpu"] and lines[-1]["weights_sha256"]
+    assert lines[-1]["examples"] == lines[-1]["step"] * 4
+    assert (state / "optimizer.pt").is_file() and (state / "student" / "model.safetensors").is_file()
+    # a fresh clone: no scratch dir, only what git holds; the program continues from its step and CPU time
+    second = session(tmp_path / "w2")
+    assert second.lines[0]["step"] > lines[-1]["step"]
+    assert second.lines[-1]["cpu_hours"] >= lines[-1]["cpu_hours"]
+    # the comparison of the last held-out scores with themselves is no gain, so no promotion
+    res = compare(str(state / "heldout_scores.json"), str(state / "heldout_scores.json"), reps=50)
+    assert res["promote"] is False and res["slices"]["all"]["auc_delta"]["value"] == 0.0
+    assert "do not promote" in format_table(res)

@@ -178,7 +178,7 @@ def test_package_with_a_raw_int8_cpu_file(tmp_path):
     det.close()
     assert redo.precision == "fp32" and redo.fallback.startswith("band")
     assert redo.fake_prob == pytest.approx(ref.fake_prob, abs=1e-6)
-    np.testing.assert_allclose(redo.mask, ref.mask, atol=1e-5)
+    np.testing.assert_allclose(redo.heatmap, ref.heatmap, atol=1e-5)
     assert abs(v.fake_prob - ref.fake_prob) < 0.1  # INT8 on raw pixels answers close to FP32
     # the same package, its manifest no longer saying the file takes raw pixels
     bad = tmp_path / "bad"

@@ -83,7 +83,8 @@ def test_single_tile_matches_the_model_exactly(pkg):
     assert v.logit == pytest.approx(float(f[0]), abs=1e-5)
     assert v.fake_prob == pytest.approx(float(sigmoid(f[0])), abs=1e-6)
     np.testing.assert_allclose(v.mask_quarter, sigmoid(m[0, 0]), atol=1e-6)
-    assert v.mask.shape == (TILE, TILE) and v.mask.dtype == np.float32
+    assert v.heatmap.shape == (TILE, TILE) and v.heatmap.dtype == np.float32
+    assert v.mask.dtype == np.bool_ and np.array_equal(v.mask, v.heatmap >= v.pixel_threshold)
 
 
 def test_score_is_max_of_tiles_with_temperature(pkg):
@@ -104,11 +105,12 @@ def test_mask_is_at_native_size(pkg, hw):
     det = Detector.load(pkg)
     v = det.check(_img(*hw))
     assert "mask_full_ms" not in v.timings  # the full-size mask is made on first access only
-    assert v.mask.shape == hw and v.mask.dtype == np.float16
-    assert v.timings["mask_full_ms"] >= 0 and v.mask is v.mask  # made once, then kept
+    assert v.heatmap.shape == hw and v.heatmap.dtype == np.float16
+    assert v.timings["mask_full_ms"] >= 0 and v.heatmap is v.heatmap  # made once, then kept
+    assert v.mask.shape == hw and v.mask.dtype == np.bool_
     assert det.check(_img(*hw), mask="quarter").mask is None
     assert v.mask_quarter.shape == (-(-hw[0] // 4), -(-hw[1] // 4))
-    assert np.all((v.mask >= 0) & (v.mask <= 1))
+    assert np.all((v.heatmap >= 0) & (v.heatmap <= 1))
 
 
 def test_upsample_matches_torch_bilinear():
@@ -151,7 +153,7 @@ def test_check_many_batches_across_images_and_matches_check(pkg):
     assert spy.sizes == [8, 8, 8, 6]
     for a, b in zip(single, many):
         assert a.fake_prob == pytest.approx(b.fake_prob, abs=1e-6)
-        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_array_equal(a.heatmap, b.heatmap)
 
 
 def test_big_image_streams_in_bounded_batches(pkg):
@@ -468,3 +470,23 @@ def test_default_package_ships_only_files_that_passed_their_gate():
         else:
             assert f.role == "accelerated" and f.gate.get("passed") is True and not f.forced, f.path
     assert "fp8" not in {f.precision for f in p.files}
+
+
+def test_binary_mask_is_the_heatmap_at_the_packages_pixel_threshold(pkg):
+    img = _img(150, 230, seed=5)
+    ref = Detector.load(pkg, mask_dtype="float32").check(img)
+    cut = float(np.quantile(ref.heatmap, 0.7))  # a cut that marks about 30% of this image
+    write_manifest(pkg, pixel_threshold=cut)
+    v = Detector.load(pkg, mask_dtype="float32").check(img)
+    assert v.pixel_threshold == pytest.approx(cut) and v.to_json()["pixel_threshold"] == pytest.approx(cut)
+    np.testing.assert_array_equal(v.mask, v.heatmap >= cut)
+    assert 0.2 < v.mask.mean() < 0.4
+    u8 = Detector.load(pkg, mask_dtype="uint8").check(img)  # uint8 heatmaps compare in 0..255
+    want = np.rint(v.heatmap.astype(np.float64) * 255) >= round(cut * 255)
+    assert (u8.mask == want).mean() > 0.99  # equal but for float rounding at the level boundary
+
+
+def test_a_pixel_threshold_outside_0_1_is_refused(pkg):
+    write_manifest(pkg, pixel_threshold=1.5)
+    with pytest.raises(ArtifactError, match="thresholds.pixel_threshold"):
+        Detector.load(pkg)

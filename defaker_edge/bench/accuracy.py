@@ -1,8 +1,8 @@
 """Accuracy of one predictor on a dataset, with the project's one metrics implementation.
 
 Detection: image AUC and balanced accuracy at the package's calibrated threshold. Localization:
-pixel F1 at 0.5, best-threshold F1 and IoU on fakes that have a mask (`metrics.summarize`, per
-domain and overall). Agreement between two predictors on the same images: the fraction of equal
+pixel F1 and IoU at the package's pixel threshold (the binary mask a user gets), best-threshold F1
+and pixel AUC on fakes that have a mask (`metrics.summarize`, per domain and overall). Agreement between two predictors on the same images: the fraction of equal
 decisions (each at its own threshold) and the mean |difference| of fake probabilities.
 """
 
@@ -30,7 +30,7 @@ class EvalResult:
 
 
 def evaluate(predictor, samples: list[Sample], threshold: float, *, perturb: Perturb | None = None,
-             desc: str = "accuracy", show_progress: bool = True) -> EvalResult:
+             desc: str = "accuracy", show_progress: bool = True, pixel_threshold: float = 0.5) -> EvalResult:
     from .latency import progress as progress_bar
 
     records, probs, decisions = [], [], []
@@ -52,7 +52,7 @@ def evaluate(predictor, samples: list[Sample], threshold: float, *, perturb: Per
             mask = p.mask
             if mask.shape != gt.shape:
                 raise RuntimeError(f"{s.image}: predicted mask {mask.shape} differs from the image {gt.shape}")
-            pix = pixel_scores(mask, gt)
+            pix = pixel_scores(mask, gt, threshold=pixel_threshold)
         records.append(Record(label=s.label, fake_prob=float(p.fake_prob), domain=s.domain, pixel=pix))
         probs.append(float(p.fake_prob))
         decisions.append(bool(p.fake_prob >= threshold))
@@ -73,4 +73,5 @@ def agreement(a: EvalResult, b: EvalResult) -> dict:
 def headline(summary: dict) -> dict:
     """The overall numbers tables and plots show."""
     o = summary.get("overall", {})
-    return {k: o.get(k) for k in ("image_auc", "balanced_acc", "pixel_f1", "pixel_f1_best", "pixel_iou", "n")}
+    return {k: o.get(k) for k in ("image_auc", "balanced_acc", "pixel_f1", "pixel_f1_best", "pixel_iou", "pixel_auc",
+                                  "n")}

@@ -142,7 +142,7 @@ class DetectorPredictor:
     def check(self, img: np.ndarray, source: str | Path | None = None) -> Prediction:
         """The file when given (the Detector reads its JPEG table, as on a device), else the pixels."""
         v = self.det.check(str(source) if source is not None else img)
-        return Prediction(float(v.fake_prob), np.asarray(v.mask, dtype=np.float32), v.fallback,
+        return Prediction(float(v.fake_prob), np.asarray(v.heatmap, dtype=np.float32), v.fallback,
                           dict(v.timings or {}, tiles=v.n_tiles))
 
 

@@ -40,6 +40,7 @@ class PackageInfo:
     threshold: float  # on the temperature-scaled image probability
     temperature: float
     band: tuple[float, float] | None
+    pixel_threshold: float = 0.5  # the binary mask's cut on the heatmap
 
     def onnx_variants(self) -> list[Variant]:
         return [v for v in self.variants if v.format == "onnx"]
@@ -58,7 +59,7 @@ class PackageInfo:
     def summary(self) -> dict:
         return {"path": str(self.root), "model_id": self.model_id, "manifest_sha256": self.manifest_sha256,
                 "tile": self.tile, "overlap": self.overlap, "threshold": self.threshold,
-                "temperature": self.temperature,
+                "temperature": self.temperature, "pixel_threshold": self.pixel_threshold,
                 "files": [{"precision": v.precision, "path": str(v.path.relative_to(self.root)),
                            "format": v.format, "bytes": v.bytes, "forced": is_forced(v.meta)} for v in self.variants]}
 
@@ -119,4 +120,5 @@ def read_package(path: str | Path) -> PackageInfo:
         root=root, manifest=m, manifest_sha256=sha256_file(mpath), model_id=str(m.get("model_id", root.name)),
         tile=tile, overlap=overlap, variants=sorted(variants, key=_order),
         threshold=float(th.get("threshold", 0.5)), temperature=float(th.get("temperature", 1.0)) or 1.0,
-        band=(float(band[0]), float(band[1])) if isinstance(band, (list, tuple)) and len(band) == 2 else None)
+        band=(float(band[0]), float(band[1])) if isinstance(band, (list, tuple)) and len(band) == 2 else None,
+        pixel_threshold=float(th.get("pixel_threshold") or 0.5))

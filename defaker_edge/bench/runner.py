@@ -138,7 +138,8 @@ def _accuracy_rows(cfg: BenchConfig, pkg: PackageInfo, samples, backend: str | N
             pred, note = make_predictor(pkg.root, v, provider=PROVIDERS[backend], tile=pkg.tile,
                                         overlap=pkg.overlap, temperature=pkg.temperature, threads=cfg.threads,
                                         prefer_detector=cfg.prefer_detector)
-            res = evaluate(pred, samples, pkg.threshold, desc=f"accuracy {v.precision}")
+            res = evaluate(pred, samples, pkg.threshold, desc=f"accuracy {v.precision}",
+                           pixel_threshold=pkg.pixel_threshold)
         except (DatasetError, ImageError):  # the user's data: stop and say which file
             raise
         except Exception as e:
@@ -276,7 +277,7 @@ def _robustness(cfg: BenchConfig, pkg: PackageInfo, samples, predictors: dict, b
             continue
         # the unperturbed baseline on these same images: the accuracy run's headline is on all of
         # --data, and a curve on a subset compared with it mixes two samples' noise
-        res = evaluate(predictors[v], samples, pkg.threshold, desc=f"{v} clean")
+        res = evaluate(predictors[v], samples, pkg.threshold, desc=f"{v} clean", pixel_threshold=pkg.pixel_threshold)
         clean.append({"variant": v, "backend": backend, **headline(res.summary)})
         rows += run_robustness(predictors[v], samples, pkg.threshold, levels, variant=v, backend=backend,
                                seed=cfg.seed)

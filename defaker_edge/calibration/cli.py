@@ -18,7 +18,8 @@ Calibrate the decision rule on held-out images (split val, else test): temperatu
 image logit (max over tiles), the threshold at --target-fpr on the scaled probability, and the
 uncertainty band [lo, hi] inside which the runtime re-runs an image at full precision (the
 --band-frac share of images nearest the threshold, widened with --compare Q.onnx to cover the largest
-FP32-vs-quantized disagreement seen). Writes thresholds.json into the model dir (or --out); export
+FP32-vs-quantized disagreement seen), and the pixel threshold that turns the heatmap into the binary
+mask (--pixel-rule). Writes thresholds.json into the model dir (or --out); export
 copies it into the package manifest."""
 
 
@@ -51,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--band-frac", type=float, default=0.10,
                    help="share of held-out images nearest the threshold inside the band (default 0.10)")
     t.add_argument("--compare", help="quantized ONNX: widen the band to cover its disagreement with --model")
+    t.add_argument("--pixel-rule", choices=("f1", "fpr"), default="f1",
+                   help="the binary mask's cut on the heatmap: f1 = best mean pixel F1 on the split's manipulated "
+                        "images (default), fpr = the lowest cut marking at most --pixel-fpr of authentic pixels")
+    t.add_argument("--pixel-fpr", type=float, default=0.01, help="pixel false-positive budget of --pixel-rule fpr")
     t.add_argument("--out", help="output file or dir (default: <model dir>/thresholds.json)")
     t.add_argument("--overlap", type=int,
                    help="tile overlap in px the images are scored at (default min(64, tile/4): 64 at 512). "
@@ -80,7 +85,8 @@ def run_thresholds(args: argparse.Namespace) -> int:
 
     th, path = calibrate_thresholds(ThresholdConfig(model=args.model, data=args.data, target_fpr=args.target_fpr,
                                                     split=args.split, out=args.out, band_frac=args.band_frac,
-                                                    compare=args.compare, overlap=args.overlap))
+                                                    compare=args.compare, overlap=args.overlap,
+                                                    pixel_rule=args.pixel_rule, pixel_fpr=args.pixel_fpr))
     if args.json:
         print(json.dumps(th.to_json()))
     else:

@@ -19,6 +19,8 @@ way the runtime scores them (quantize.evaluate).
               the threshold flips nothing and does not widen the band; the largest |z_q - z| / T is
               recorded too (`dz_max`).
   band = [sigmoid(logit(t) - w), sigmoid(logit(t) + w)].
+- Pixel threshold: where the heatmap becomes the binary mask (calibration.pixel), fitted on the same
+  images' mask-level histograms.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 from ..artifacts import sha256_file, utc_now, write_json
 from ..errors import DatasetError, DefakerError
 from ..runtime.tiling import check_overlap, default_overlap
+from .pixel import fit_pixel_threshold
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ class ThresholdConfig:
     batch: int = 8
     overlap: int | None = None  # tile overlap the images are scored at; None: the package default, min(64, tile // 4)
     threads: int | None = None
+    pixel_rule: str = "f1"  # the binary mask's cut: best mean F1 on val fakes, or a pixel-FPR budget (calibration.pixel)
+    pixel_fpr: float = 0.01
 
 
 @dataclass
@@ -60,6 +65,8 @@ class Thresholds:
     aggregate: str = "max"
     measured: dict = field(default_factory=dict)
     band_rule: dict = field(default_factory=dict)
+    pixel_threshold: float = 0.5  # heatmap >= this is the binary mask
+    pixel: dict = field(default_factory=dict)  # how the pixel threshold was fitted (calibration.pixel)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -140,7 +147,14 @@ def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
     except ValueError as e:
         raise DefakerError(str(e)) from None
     samples = heldout_samples(cfg.data, cfg.split)
-    preds = predict_images(run, samples, tile, overlap=overlap, batch=cfg.batch, masks=False, desc="thresholds")
+    preds = predict_images(run, samples, tile, overlap=overlap, batch=cfg.batch, masks=False, desc="thresholds",
+                           hists=True)
+    try:
+        pix = fit_pixel_threshold([p.hist for p in preds if p.label == 1 and p.hist is not None],
+                                  [p.hist for p in preds if p.label == 0 and p.hist is not None],
+                                  cfg.pixel_rule, cfg.pixel_fpr)
+    except ValueError as e:
+        raise DefakerError(str(e)) from None
     z = np.array([p.logit for p in preds], dtype=np.float64)
     y = np.array([p.label for p in preds], dtype=np.int64)
     if (y == 1).sum() == 0 or (y == 0).sum() == 0:
@@ -170,7 +184,8 @@ def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
                 "nll_before": nll(z, y, 1.0), "nll_after": nll(z, y, T),
                 "in_band": float(((p >= _sig(lt - w)) & (p <= _sig(lt + w))).mean())}
     th = Thresholds(temperature=T, threshold=t, band=[float(_sig(lt - w)), float(_sig(lt + w))],
-                    target_fpr=cfg.target_fpr, measured=measured,
+                    target_fpr=cfg.target_fpr, measured=measured, pixel_threshold=pix.pop("pixel_threshold"),
+                    pixel=pix,
                     band_rule={"rule": "logit half-width max(w_frac, w_quant)", "band_frac": cfg.band_frac,
                                "w_frac": w_frac, "w_quant": w_quant, "compare": cfg.compare, "flips": flips, "dz_max": dz_max,
                                "model_sha256": sha, "data": str(cfg.data), "overlap": overlap,

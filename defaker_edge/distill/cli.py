@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-max", type=int, default=200, help="held-out images to evaluate at the end (0: none)")
     p.add_argument("--temperature", type=float, default=2.0, help="KD temperature on the fake probability")
     p.add_argument("--w", action="append", default=[], metavar="NAME=X",
-                   help="loss weight, repeatable: kd, mask_kd, dice_kd, gt_cls, gt_mask, gt_dice, feat")
+                   help="loss weight, repeatable: kd, mask_kd, dice_kd, gt_cls, gt_mask, gt_dice, gt_block, feat")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.set_defaults(func=_distill)
 
@@ -106,7 +106,7 @@ def _weights(items: list[str], temperature: float):
     for it in items:
         name, _, val = it.partition("=")
         if not hasattr(w, name) or name == "temperature" or not val:
-            raise DefakerError(f"--w {it!r}: expected NAME=X with NAME one of kd, mask_kd, dice_kd, gt_cls, gt_mask, gt_dice, feat")
+            raise DefakerError(f"--w {it!r}: expected NAME=X with NAME one of kd, mask_kd, dice_kd, gt_cls, gt_mask, gt_dice, gt_block, feat")
         setattr(w, name, float(val))
     return w
 

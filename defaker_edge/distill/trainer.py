@@ -61,6 +61,11 @@ class DistillConfig:
     resume: bool = False
     ckpt_every: int = 100
     stop_at: int | None = None  # stop after this step (checkpointed); continue with resume
+    # A wall-clock budget (the compounding program, distill.program): train until it is spent, with
+    # one cosine cycle over it (warm restart: each session's weights end annealed), `steps` then only
+    # an upper bound. On resume the weights and the optimizer's moments continue; the schedule restarts.
+    minutes: float | None = None
+    ckpt_minutes: float | None = None  # also checkpoint every N minutes (a hard stop loses at most that)
     threads: int | None = None  # torch intra-op threads per process (default: cores / ranks)
     eval_max: int = 200  # held-out images evaluated at the end (0: skip)
     bf16: bool = False  # bfloat16 autocast of the forward pass (CPU with native bf16, or GPU)
@@ -136,7 +141,17 @@ def _teacher_dir(spec: str | None) -> Path | None:
     return Path(p) if isinstance(p, Path) and p.is_dir() else None
 
 
-def _schedule(cfg: DistillConfig):
+def _schedule(cfg: DistillConfig, elapsed=None):
+    if cfg.minutes:
+        budget = 60.0 * cfg.minutes
+
+        def timed(step: int) -> float:  # `step` counts from this run's start: each run warms up again
+            if step < cfg.warmup:
+                return (step + 1) / cfg.warmup
+            t = min(1.0, elapsed() / budget)
+            return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+        return timed
+
     def f(step: int) -> float:
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
@@ -145,8 +160,12 @@ def _schedule(cfg: DistillConfig):
     return f
 
 
-def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
-    """Train a student from the teacher (online or cached) plus ground truth; write the student dir."""
+def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> DistillResult:
+    """Train a student from the teacher (online or cached) plus ground truth; write the student dir.
+
+    `on_checkpoint(info)`, if given, is called on the main rank after every checkpoint with
+    {"step", "student" (the live module: it may be evaluated; training resumes in train mode),
+    "optimizer", "history", "cpu_s" (process CPU seconds over every run of this checkpoint), "final", "path"}."""
     d = ddp.init_distributed()
     if cfg.batch % d.world:
         raise DefakerError(f"--batch {cfg.batch} must be divisible by the number of processes ({d.world})")
@@ -196,15 +215,23 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     net = net.to(memory_format=fmt)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    t_start = time.time()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, lambda: time.time() - t_start))
     history: list[dict[str, float]] = []
     start = 0
+    cpu_before = 0.0
     if cfg.resume and ckpt.is_file():
         st = torch.load(ckpt, map_location=d.device, weights_only=False)
         net.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
+        if cfg.minutes:  # the moments continue; this run's rate and a new cycle over its budget
+            for g in opt.param_groups:
+                g["initial_lr"] = cfg.lr
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, lambda: time.time() - t_start))
+        else:
+            sched.load_state_dict(st["sched"])
         history, start = st["history"], st["step"]
+        cpu_before = float(st.get("cpu_s", 0.0))
         log.info("resumed from %s at step %d", ckpt, start)
     elif cfg.resume:
         log.warning("--resume: no checkpoint at %s, starting fresh", ckpt)
@@ -213,7 +240,18 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     local = cfg.batch // d.world
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     t_start = time.time()
+    cpu0 = time.process_time()
+    last_ckpt = t_start
     net.train()
+
+    def save(step: int, final: bool) -> None:
+        cpu_s = cpu_before + time.process_time() - cpu0
+        _save_ckpt(ckpt, net, opt, sched, history, step, cpu_s)
+        if on_checkpoint is not None:
+            on_checkpoint({"step": step, "student": student, "optimizer": opt, "history": history,
+                           "cpu_s": cpu_s, "final": final, "path": ckpt})
+            net.train()
+
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="distill", disable=not d.main,
                dynamic_ncols=True)
     for step in bar:
@@ -234,8 +272,18 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
         lval = float(ddp.all_mean(loss.detach(), d))
         history.append({"step": step + 1, "loss": lval, "lr": opt.param_groups[0]["lr"], **parts})
         bar.set_postfix(loss=f"{lval:.4f}")
-        if d.main and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == end):
-            _save_ckpt(ckpt, net, opt, sched, history, step + 1)
+        now = time.time()
+        out_of_time = bool(cfg.minutes) and now - t_start >= 60.0 * cfg.minutes
+        if d.enabled and cfg.minutes:  # every rank stops at the same step
+            out_of_time = bool(ddp.all_mean(torch.tensor(float(out_of_time)), d) > 0)
+        last = step + 1 == end or out_of_time
+        due = (step + 1) % cfg.ckpt_every == 0 or (cfg.ckpt_minutes and now - last_ckpt >= 60.0 * cfg.ckpt_minutes)
+        if d.main and (due or last):
+            save(step + 1, last)
+            last_ckpt = time.time()
+        if out_of_time:
+            end = step + 1
+            break
     bar.close()
     train_s = time.time() - t_start
     report: dict[str, Any] = {}
@@ -250,11 +298,11 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     return DistillResult(out, report)
 
 
-def _save_ckpt(path: Path, net, opt, sched, history, step: int) -> None:
+def _save_ckpt(path: Path, net, opt, sched, history, step: int, cpu_s: float = 0.0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "history": history, "step": step}, tmp)
+                "history": history, "step": step, "cpu_s": cpu_s}, tmp)
     os.replace(tmp, path)
 
 

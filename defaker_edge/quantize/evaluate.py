@@ -32,6 +32,8 @@ class ImagePred:
     domain: str
     logit: float  # aggregated image logit
     pixel: dict[str, float] | None  # pixel_scores() for fakes with a mask
+    # [2, 256] mask-level counts over untouched / edited pixels (calibration.pixel), when asked for
+    hist: np.ndarray | None = None
 
 
 def onnx_runner(path: str | os.PathLike, tile: int, threads: int | None = None) -> RunFn:
@@ -97,9 +99,11 @@ def stitch(mask_logits: np.ndarray, origins: Sequence[tuple[int, int]], h: int, 
 
 
 def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int | None = None, batch: int = 8,
-                   masks: bool = True, desc: str = "evaluate") -> list[ImagePred]:
+                   masks: bool = True, desc: str = "evaluate", hists: bool = False) -> list[ImagePred]:
     """Run `run` over every sample's tiles; aggregated logit and pixel scores per image.
-    `overlap`: None is the package default, min(64, tile // 4)."""
+    `overlap`: None is the package default, min(64, tile // 4). `hists`: also each image's mask-level
+    histograms (fakes with a mask and authentic images), for fitting the pixel threshold."""
+    from ..calibration.pixel import level_histograms
     from tqdm import tqdm
 
     from ..data.io import load_image, load_mask
@@ -125,12 +129,15 @@ def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int | N
         tl = np.concatenate(logits)
         if not np.all(np.isfinite(tl)):
             raise FloatingPointError(f"{s.key or s.image}: the model produced NaN/Inf")
-        pix = None
-        if masks and s.label == 1 and s.mask:
+        pix = hist = None
+        fake_masked = s.label == 1 and s.mask
+        if (masks and fake_masked) or (hists and (fake_masked or s.label == 0)):
             prob = stitch(np.concatenate(mls), origins, h, w, tile, overlap)
-            pix = pixel_scores(prob, load_mask(s.mask, size=(h, w))[0])
+            gt = load_mask(s.mask, size=(h, w))[0] if fake_masked else None
+            pix = pixel_scores(prob, gt) if masks and fake_masked else None
+            hist = level_histograms(prob, gt) if hists else None
         out.append(ImagePred(key=s.key or s.image, label=int(s.label), domain=s.domain,
-                             logit=aggregate_logits(tl), pixel=pix))
+                             logit=aggregate_logits(tl), pixel=pix, hist=hist))
     return out
 
 

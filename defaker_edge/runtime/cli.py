@@ -15,26 +15,28 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 PRECISIONS = ("auto", "fp32", "fp16", "int8", "int8-cpu", "fp8")
 # What check writes per image. A suffix of its own keeps a mask from ever taking an input's name
 # (D/photo.png), even when --mask-dir is the input folder; inputs named like these are skipped.
-MASK_SUFFIX, OVERLAY_SUFFIX = ".mask.png", ".overlay.jpg"
+MASK_SUFFIX, HEATMAP_SUFFIX, OVERLAY_SUFFIX = ".mask.png", ".heatmap.png", ".overlay.jpg"
 EXIT_OK, EXIT_FAKE, EXIT_USAGE, EXIT_UNREADABLE = 0, 1, 2, 3
 
 CHECK_EPILOG = """\
 examples:
   defaker check photo.jpg                       uses the package installed with defaker-edge
-  defaker check photos/ --json --mask-dir out   one JSON line per image, masks as out/<stem>.mask.png
+  defaker check photos/ --json --mask-dir out   one JSON line per image; out/<stem>.mask.png (binary) + .heatmap.png
   defaker check scans/ --recursive --mask-dir out --overlay   also out/<stem>.overlay.jpg for people
   find . -name '*.jpg' | defaker check - --json   paths from stdin (one per line); @list.txt reads a file
 
 Each JSON line: image, fake_prob (temperature-calibrated), is_fake (fake_prob >= threshold),
-threshold, backend, precision, provider, fallback (null, or why the answer came from another path:
+threshold, pixel_threshold (the heatmap's cut for the binary mask), backend, precision, provider, fallback (null, or why the answer came from another path:
 "int8-cpu: sha256 mismatch", "band: 0.48 in [0.4, 0.6]", "nan/inf in output"), ms, package_id and
 manifest_sha256 (which package answered), and "warning" when the answering file failed its accuracy
 gate (only loaded when asked for by name). An unreadable file gives {"image": ..., "error": ...} and
 the rest go on. Images are never resized: they are cut into native-resolution tiles.
 
-Outputs never replace inputs: masks are D/<stem>.mask.png, a mask that would land on an input is
-refused, files named like outputs (*.mask.png, *.overlay.jpg) are not checked, and an existing
-output is replaced only with --overwrite.
+Masks: D/<stem>.mask.png is the decision, 255 where heatmap >= pixel_threshold (the package's
+calibrated cut), 0 elsewhere; D/<stem>.heatmap.png holds the probabilities as 0..255. Outputs never
+replace inputs: an output that would land on an input is refused, files named like outputs
+(*.mask.png, *.heatmap.png, *.overlay.jpg) are not checked, and an existing output is replaced only
+with --overwrite.
 
 Exit status:
   0  every image was read and judged
@@ -46,7 +48,8 @@ Exit status:
 SERVE_EPILOG = """\
 endpoints (Starlette on uvicorn, HTTP/1.1 keep-alive):
   POST /v1/check        body: raw image bytes, or multipart/form-data with the file in field "image";
-                        ?mask=1 adds "mask_png": the mask (native size, 0..255) as base64 PNG
+                        ?mask=1 adds "mask_png" (the binary mask at pixel_threshold, 255 = edited) and
+                        "heatmap_png" (probabilities 0..255), both base64 PNG at the image's size
   GET  /healthz         alive: {"status": "ok", ...}
   GET  /readyz          ready: the model is loaded and a check slot is free (else 503)
   GET  /v1/model        the package's manifest summary and the backend in use
@@ -102,9 +105,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _load_args(c)
     c.add_argument("--json", action="store_true", help="one JSON object per image on stdout, nothing else there")
     c.add_argument("--mask-dir", metavar="D",
-                   help="write D/<image stem>.mask.png: mask probabilities 0..255 at the image's size")
+                   help="write D/<image stem>.mask.png, the binary mask at the package's pixel threshold "
+                        "(255 edited, 0 untouched), and D/<stem>.heatmap.png, the edit probabilities 0..255")
     c.add_argument("--overlay", action="store_true",
-                   help="also write D/<stem>.overlay.jpg: the mask's 0.5 outline, a tint, and the verdict as a caption")
+                   help="also write D/<stem>.overlay.jpg: the binary mask's outline, a tint, and the verdict as a caption")
     c.add_argument("--overwrite", action="store_true", help="replace masks/overlays left by an earlier run")
     c.add_argument("--fail-on-fake", action="store_true", help="exit 1 when any image is judged fake")
     c.add_argument("-q", "--quiet", action="store_true",
@@ -136,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _is_output_name(name: str) -> bool:
-    return name.lower().endswith((MASK_SUFFIX, OVERLAY_SUFFIX))
+    return name.lower().endswith((MASK_SUFFIX, HEATMAP_SUFFIX, OVERLAY_SUFFIX))
 
 
 def _listed(item: str) -> list[str] | None:
@@ -205,13 +209,18 @@ def overlay_path(mask_path: Path) -> Path:
     return mask_path.with_name(mask_path.name[:-len(MASK_SUFFIX)] + OVERLAY_SUFFIX)
 
 
+def heatmap_path(mask_path: Path) -> Path:
+    return mask_path.with_name(mask_path.name[:-len(MASK_SUFFIX)] + HEATMAP_SUFFIX)
+
+
 def _check_outputs(paths: list[str], names: dict[str, Path], overlay: bool, overwrite: bool) -> None:
     """Refuse, before anything is written, a run that would replace an input (never allowed) or an
     existing file (only with --overwrite)."""
     from ..errors import DefakerError
 
     inputs = {Path(p).resolve() for p in paths if Path(p).is_file()}
-    outs = [(p, o) for p, m in names.items() for o in ((m, overlay_path(m)) if overlay else (m,))]
+    outs = [(p, o) for p, m in names.items()
+            for o in ((m, heatmap_path(m), overlay_path(m)) if overlay else (m, heatmap_path(m)))]
     for p, o in outs:
         if o.resolve() in inputs:
             raise DefakerError(f"--mask-dir {o.parent}: the output for {p} would replace the input {o}; "
@@ -259,7 +268,7 @@ def _run_check(args: argparse.Namespace) -> int:
         raise DefakerError("--overlay writes next to the masks: give --mask-dir D too")
     paths, folder, skipped = expand_inputs(args.images, args.recursive)
     if skipped and not args.quiet:
-        print(f"defaker check: skipped {skipped} file(s) named like its outputs (*{MASK_SUFFIX}, *{OVERLAY_SUFFIX})",
+        print(f"defaker check: skipped {skipped} file(s) named like its outputs (*{MASK_SUFFIX}, *{HEATMAP_SUFFIX}, *{OVERLAY_SUFFIX})",
               file=sys.stderr)
     if not paths:
         raise DefakerError("no images to check")
@@ -314,15 +323,20 @@ def _write_outputs(args: argparse.Namespace, path: str, mp: Path, res, line: dic
     from ..data.io import save_mask_png
 
     with atomic_path(mp) as tmp:  # a reader (or a crash) never meets half a mask
-        save_mask_png(tmp, res.mask)
+        save_mask_png(tmp, res.mask)  # the decision: 255 edited, 0 untouched
     line["mask"] = str(mp)
+    hp = heatmap_path(mp)
+    with atomic_path(hp) as tmp:
+        save_mask_png(tmp, res.heatmap)  # the probabilities, 0..255
+    line["heatmap"] = str(hp)
     if args.overlay:
         from ..data.io import load_image
         from .overlay import caption_of, save_overlay
 
         ov = overlay_path(mp)
         with atomic_path(ov) as tmp:
-            save_overlay(tmp, load_image(path, max_pixels=args.max_pixels), res.mask, caption=caption_of(res))
+            save_overlay(tmp, load_image(path, max_pixels=args.max_pixels), res.heatmap, caption=caption_of(res),
+                         cut=res.pixel_threshold)
         line["overlay"] = str(ov)
 
 

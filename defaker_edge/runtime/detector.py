@@ -52,11 +52,12 @@ class InferenceError(DefakerError):
 class Verdict:
     """One image's answer.
 
-    `mask` is [H, W] probabilities at the image's own size (float16 by default, to bound memory;
-    uint8 0..255 or float32 on request), None with mask='quarter'/'none'. It is made from
+    `heatmap` is [H, W] edit probabilities at the image's own size (float16 by default, to bound
+    memory; uint8 0..255 or float32 on request), None with mask='quarter'/'none'. It is made from
     `mask_quarter`'s logits on first access and kept: a check that only needs the verdict (a camera
     app's badge) does not pay for upsampling millions of pixels; `timings["mask_full_ms"]` records
-    what the access cost.
+    what the access cost. `mask` is the decision: bool [H, W], heatmap >= `pixel_threshold` (the
+    package's calibrated cut; the soft mask rarely reaches 0.5, so a 0.5 cut would mark nothing).
     """
 
     fake_prob: float
@@ -76,25 +77,37 @@ class Verdict:
     package_id: str | None = None  # the manifest's model_id ...
     manifest_sha256: str = ""  # ... and its sha256: which package made this verdict
     warning: str | None = None  # e.g. the answering file failed its accuracy gate (loaded by name)
-    # the full-size mask, or how to make it: (quarter logits, dtype) until first access
-    _mask: np.ndarray | None = field(default=None, repr=False)
+    pixel_threshold: float = 0.5  # heatmap >= this is `mask` (the package's thresholds.pixel_threshold)
+    # the full-size heatmap, or how to make it: (quarter logits, dtype) until first access
+    _heat: np.ndarray | None = field(default=None, repr=False)
     _mask_src: tuple[np.ndarray, np.dtype] | None = field(default=None, repr=False)
 
     @property
-    def mask(self) -> np.ndarray | None:
-        if self._mask is None and self._mask_src is not None:
+    def heatmap(self) -> np.ndarray | None:
+        """Edit probabilities [H, W] (the soft mask), made on first access."""
+        if self._heat is None and self._mask_src is not None:
             t = time.perf_counter()
             logits_q, dtype = self._mask_src
-            self._mask = upsample_probs(logits_q, self.size[0], self.size[1], dtype=dtype)
+            self._heat = upsample_probs(logits_q, self.size[0], self.size[1], dtype=dtype)
             self._mask_src = None
             self.timings["mask_full_ms"] = (time.perf_counter() - t) * 1e3
-        return self._mask
+        return self._heat
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """The binary mask, bool [H, W]: heatmap >= pixel_threshold (uint8 heatmaps compare in 0..255)."""
+        heat = self.heatmap
+        if heat is None:
+            return None
+        cut = self.pixel_threshold
+        return heat >= (round(cut * 255) if heat.dtype == np.uint8 else cut)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON line of `defaker check --json` and the server (no mask arrays)."""
         return {
             "image": self.image, "fake_prob": round(self.fake_prob, 6), "is_fake": self.is_fake,
-            "threshold": self.threshold, "backend": self.backend, "precision": self.precision,
+            "threshold": self.threshold, "pixel_threshold": self.pixel_threshold,
+            "backend": self.backend, "precision": self.precision,
             "provider": self.provider, "fallback": self.fallback,
             "ms": round(self.timings.get("total_ms", float("nan")), 2),
             "height": self.size[0], "width": self.size[1], "tiles": self.n_tiles,
@@ -572,6 +585,7 @@ class Detector:
         return Verdict(package_id=pkg.package_id, manifest_sha256=pkg.manifest_sha256,
                        warning=self.warning if be is self.backend else None,
                        fake_prob=prob, is_fake=bool(prob >= th.threshold), threshold=th.threshold, _mask_src=src,
+                       pixel_threshold=th.pixel_threshold,
                        backend=be.name, precision=be.precision, fallback=fb, timings=timings, logit=logit,
                        provider=be.provider, image=job.name, size=(h, w), n_tiles=job.n, mask_quarter=quarter,
                        package_problems=list(self.package_problems))

@@ -1,8 +1,8 @@
-"""Overlays for people: the mask's 0.5 outline and a faint tint in a colour the image does not
-have, and a caption with the verdict, so the picture says what the model said on its own.
+"""Overlays for people: the binary mask's outline and a faint tint of the heatmap in a colour the
+image does not have, and a caption with the verdict, so the picture says what the model said on its own.
 
 A fixed red tint vanished on red pictures and showed nothing of the decision; the outline is the
-same cut (0.5) the pixel metrics use, and its colour is chosen per image.
+package's pixel threshold (the binary mask `check` writes), and its colour is chosen per image.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ PALETTE = np.array([[255, 0, 255], [0, 255, 255], [255, 255, 0], [0, 255, 0], [2
 CUT = 0.5
 
 
-def _binary(mask: np.ndarray) -> np.ndarray:
-    return mask >= (128 if mask.dtype == np.uint8 else CUT)
+def _binary(mask: np.ndarray, cut: float = CUT) -> np.ndarray:
+    return mask >= (round(cut * 255) if mask.dtype == np.uint8 else cut)
 
 
 def outline(region: np.ndarray, width: int = 1) -> np.ndarray:
@@ -47,16 +47,16 @@ def contrast_colour(pixels: np.ndarray) -> np.ndarray:
 
 
 def overlay(img: np.ndarray, mask: np.ndarray, *, alpha: float = 0.35, chunk_rows: int = 512,
-            colour: np.ndarray | None = None) -> np.ndarray:
+            colour: np.ndarray | None = None, cut: float = CUT) -> np.ndarray:
     """uint8 [H,W,3] image + [H,W] mask probabilities (float in [0,1] or uint8 0..255) -> uint8 [H,W,3].
 
     Each pixel is blended towards the contrast colour by alpha × its probability (a confident region
-    clearly tinted, an unsure one faintly), and the outline of mask >= 0.5 is drawn solid. Row
+    clearly tinted, an unsure one faintly), and the outline of mask >= cut is drawn solid. Row
     chunks keep a 100 MP image's float copy small.
     """
     if img.shape[:2] != mask.shape[:2]:
         raise ValueError(f"mask {mask.shape[:2]} does not match image {img.shape[:2]}")
-    region = _binary(mask)
+    region = _binary(mask, cut)
     edge = outline(region, width=max(1, round(min(img.shape[:2]) / 300)))
     if colour is None:
         under = img[edge] if edge.any() else img[::max(1, img.shape[0] // 64), ::max(1, img.shape[1] // 64)]
@@ -72,9 +72,10 @@ def overlay(img: np.ndarray, mask: np.ndarray, *, alpha: float = 0.35, chunk_row
 
 
 def caption_of(verdict: Any) -> str:
-    """'FAKE  p=0.873  threshold 0.567  | outline: mask >= 0.5' from a Verdict."""
+    """'FAKE  p=0.873  threshold 0.567  | outline: heatmap >= 0.31' from a Verdict."""
     word = "FAKE" if verdict.is_fake else "real"
-    return f"{word}  p={verdict.fake_prob:.3f}  threshold {verdict.threshold:.3f}  | outline: mask >= {CUT:g}"
+    cut = getattr(verdict, "pixel_threshold", CUT)
+    return f"{word}  p={verdict.fake_prob:.3f}  threshold {verdict.threshold:.3f}  | outline: heatmap >= {cut:.2f}"
 
 
 def draw_caption(im, text: str) -> None:
@@ -94,11 +95,11 @@ def draw_caption(im, text: str) -> None:
 
 
 def save_overlay(path: str | os.PathLike, img: np.ndarray, mask: np.ndarray, quality: int = 90,
-                 caption: str | None = None) -> None:
+                 caption: str | None = None, cut: float = CUT) -> None:
     from PIL import Image
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    im = Image.fromarray(overlay(img, mask))
+    im = Image.fromarray(overlay(img, mask, cut=cut))
     if caption:
         draw_caption(im, caption)
     im.save(path, format="JPEG", quality=quality)

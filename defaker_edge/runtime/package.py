@@ -73,6 +73,7 @@ class Thresholds:
     temperature: float = 1.0
     threshold: float = 0.5
     band: tuple[float, float] | None = None  # re-run at full precision when lo <= prob <= hi
+    pixel_threshold: float = 0.5  # heatmap >= this marks a pixel edited (older packages: 0.5)
     aggregate: str = "max"
 
 
@@ -122,7 +123,8 @@ class Package:
             "files": [{"path": f.path, "precision": f.precision, "format": f.format, "bytes": f.bytes,
                        "role": f.role, "forced": f.forced} for f in self.files],
             "thresholds": {"temperature": self.thresholds.temperature, "threshold": self.thresholds.threshold,
-                           "band": list(self.thresholds.band) if self.thresholds.band else None},
+                           "band": list(self.thresholds.band) if self.thresholds.band else None,
+                           "pixel_threshold": self.thresholds.pixel_threshold},
             "metrics": m.get("metrics", {}),
         }
 
@@ -134,7 +136,8 @@ def _thresholds(d: Any, where: Path | str | None = None) -> Thresholds:
         raise ArtifactError(f"{where or 'thresholds'}: {probs[0][0]}: {probs[0][1]}")
     band = d.get("band")
     return Thresholds(temperature=float(d["temperature"]), threshold=float(d["threshold"]),
-                      band=(float(band[0]), float(band[1])) if band else None, aggregate=d.get("aggregate", "max"))
+                      band=(float(band[0]), float(band[1])) if band else None, aggregate=d.get("aggregate", "max"),
+                      pixel_threshold=float(d.get("pixel_threshold") or 0.5))
 
 
 def resolve_package_dir(package: str | Path | None) -> Path:

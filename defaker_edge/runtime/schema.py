@@ -74,6 +74,9 @@ def check_thresholds(th: Any) -> list[tuple[str, str]]:
             out.append(("thresholds.band", f"{band} must satisfy 0 <= lo <= hi <= 1"))
         elif _is_num(thr) and not band[0] <= thr <= band[1]:
             out.append(("thresholds.band", f"{band} does not contain the threshold {thr}"))
+    pt = th.get("pixel_threshold")
+    if pt is not None and not (_is_num(pt) and 0.0 < pt < 1.0):
+        out.append(("thresholds.pixel_threshold", f"{pt!r} must be a probability strictly between 0 and 1"))
     if th.get("aggregate", "max") != "max":
         # the runtime aggregates tiles with max; thresholds calibrated on another rule would not fit
         out.append(("thresholds.aggregate", f"{th.get('aggregate')!r} is not supported (only 'max')"))

@@ -220,7 +220,10 @@ def openapi() -> dict[str, Any]:
                                            "fallback": {"type": ["string", "null"]}, "ms": {"type": "number"},
                                            "height": {"type": "integer"}, "width": {"type": "integer"},
                                            "tiles": {"type": "integer"},
-                                           "mask_png": {"type": "string", "description": "base64 PNG, with ?mask=1"}}},
+                                           "mask_png": {"type": "string", "description": "base64 PNG, with ?mask=1: the binary mask "
+                                                                "(255 edited, 0 untouched) at pixel_threshold"},
+                                           "heatmap_png": {"type": "string", "description": "base64 PNG, with ?mask=1: "
+                                                           "the edit probabilities as 0..255"}}},
             },
         },
         "security": [{"bearer": []}, {}],
@@ -368,7 +371,8 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
         if out.get("fallback"):
             st.metrics.fallback(out["fallback"])
         if want_mask and v.mask is not None:
-            out["mask_png"] = _png_b64(v.mask)
+            out["mask_png"] = _png_b64(v.mask)  # the binary mask (255 edited) at the package's pixel threshold
+            out["heatmap_png"] = _png_b64(v.heatmap)  # the edit probabilities, 0..255
         return JSONResponse(out)
 
     async def http_error(_: Request, e: Exception) -> Response:
