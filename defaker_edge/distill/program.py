@@ -45,7 +45,8 @@ SCORES = "heldout_scores.json"  # the last held-out evaluation, image by image (
 @dataclass
 class ProgramConfig:
     data: str  # the training manifest (train split trains)
-    heldout: str  # the held-out real-photo manifest: scored, never trained on
+    heldout: str | None  # the held-out real-photo manifest: scored, never trained on (None: not scored here;
+    # `defaker train eval` scores the state later, e.g. after a GPU call that had no held-out photos)
     state: str = "models/program"
     ledger: str = "models/ledger.jsonl"
     work: str = "runs/program"  # scratch: the full checkpoint (with the loss history)
@@ -60,6 +61,7 @@ class ProgramConfig:
     seed: int = 31
     bf16: bool = False
     threads: int | None = None
+    workers: int = 0  # batch-cutting processes (a GPU machine's spare cores)
     weights: LossWeights = field(default_factory=LossWeights)
 
 
@@ -169,8 +171,8 @@ def train_session(cfg: ProgramConfig) -> SessionResult:
     from .trainer import DistillConfig, distill
 
     state_dir, ledger, work = Path(cfg.state), Path(cfg.ledger), Path(cfg.work)
-    held = [s for s in load_dataset(cfg.heldout)][: cfg.eval_max or None]
-    if not held:
+    held = load_dataset(cfg.heldout)[: cfg.eval_max or None] if cfg.heldout else []
+    if cfg.heldout and not held:
         raise DefakerError(f"{cfg.heldout}: no held-out images")
     ckpt = work / "checkpoint" / "state.pt"
     committed = (state_dir / OPTIM).is_file() and (state_dir / STUDENT / "config.json").is_file()
@@ -203,12 +205,9 @@ def train_session(cfg: ProgramConfig) -> SessionResult:
                 "loss_parts": {k: _r(np.mean([h[k] for h in hist if k in h])) for k in
                                sorted({k for h in hist for k in h} - {"step", "loss", "lr"})},
                 "weights_sha256": sha}
-        if info["final"] or time.time() - last_eval[0] >= 60.0 * cfg.eval_minutes:
+        if held and (info["final"] or time.time() - last_eval[0] >= 60.0 * cfg.eval_minutes):
             t0 = time.time()
-            scores = heldout_scores(student, held, student.cfg.tile)
-            write_json(state_dir / SCORES, {"step": info["step"], "weights_sha256": sha, "heldout": cfg.heldout,
-                                            "images": scores})
-            line["heldout"] = summary_line(scores)
+            line["heldout"] = _score_into(state_dir, student, held, cfg.heldout, info["step"], sha)
             line["heldout_eval_s"] = round(time.time() - t0, 1)
             last_eval[0] = time.time()
             log.info("program: step %d held-out %s", info["step"], json.dumps(line["heldout"]["all"]))
@@ -218,9 +217,34 @@ def train_session(cfg: ProgramConfig) -> SessionResult:
     dcfg = DistillConfig(data=cfg.data, out=str(work), init=init, resume=resume, steps=10 ** 9,
                          minutes=cfg.minutes, ckpt_minutes=cfg.ckpt_minutes, ckpt_every=10 ** 9, lr=cfg.lr,
                          batch=cfg.batch, crop=cfg.crop, seed=cfg.seed, bf16=cfg.bf16, threads=cfg.threads,
-                         eval_max=0, weights=cfg.weights)
+                         eval_max=0, weights=cfg.weights, workers=cfg.workers)
     distill(dcfg, on_checkpoint=on_ckpt)
     return SessionResult(state_dir, ledger, lines)
+
+
+def _score_into(state_dir: Path, model, held, heldout: str, step: int, sha: str) -> dict[str, Any]:
+    scores = heldout_scores(model, held, model.cfg.tile)
+    write_json(state_dir / SCORES, {"step": step, "weights_sha256": sha, "heldout": heldout, "images": scores})
+    return summary_line(scores)
+
+
+def eval_state(state: str, heldout: str, eval_max: int, ledger: str) -> dict[str, Any]:
+    """Score the committed state on the held-out set; a ledger line of kind "eval" (after a session
+    that could not score, e.g. a GPU call without the held-out photos)."""
+    from ..student.io import load_student
+
+    state_dir = Path(state)
+    if not (state_dir / OPTIM).is_file():
+        raise DefakerError(f"{state_dir}: no program state (run `defaker train run` first)")
+    meta = torch.load(state_dir / OPTIM, map_location="cpu", weights_only=False)
+    model, _ = load_student(state_dir / STUDENT)
+    held = load_dataset(heldout)[: eval_max or None]
+    sha = sha256_file(state_dir / STUDENT / "model.safetensors")
+    line = {"time": utc_now(), "kind": "eval", "step": int(meta["step"]), "examples": int(meta["examples"]),
+            "cpu_hours": round(float(meta["cpu_s"]) / 3600.0, 3), "cpu": cpu_name(), "weights_sha256": sha,
+            "heldout": _score_into(state_dir, model, held, heldout, int(meta["step"]), sha)}
+    _append(Path(ledger), line)
+    return line
 
 
 def _git_head() -> str | None:

@@ -20,6 +20,7 @@ set by more than the bootstrap noise (scripts/promote.sh runs calibration, quant
 examples:
   defaker train baseline --heldout data/heldout/manifest.jsonl        score the shipped student once
   defaker train run --data runs/default/data/manifest.jsonl --heldout data/heldout/manifest.jsonl --minutes 60 --bf16
+  defaker train eval --heldout data/heldout/manifest.jsonl            score the committed state
   defaker train compare                                                latest checkpoint vs the shipped student
   defaker train plot --out docs/learning_curve.png                    the learning curve from the ledger
 """
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = tsub.add_parser("run", help="one session: resume, train --minutes, checkpoint and log as it goes")
     r.add_argument("--data", required=True, help="training manifest (its train split trains)")
-    r.add_argument("--heldout", required=True, help="held-out manifest: scored, never trained on")
+    r.add_argument("--heldout", help="held-out manifest: scored, never trained on (without it nothing is scored; "
+                   "`defaker train eval` scores the state later)")
     r.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this session (default 60)")
     r.add_argument("--ckpt-minutes", type=float, default=5.0, help="checkpoint every N minutes (default 5)")
     r.add_argument("--eval-minutes", type=float, default=20.0,
@@ -48,9 +50,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--crop", type=int, default=256)
     r.add_argument("--seed", type=int, default=31)
     r.add_argument("--threads", type=int)
+    r.add_argument("--workers", type=int, default=0,
+                   help="processes cutting batches ahead (default 0; a GPU machine: its spare cores)")
     r.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPUs with AVX-512 BF16/AMX, or a GPU)")
     r.add_argument("--w", action="append", default=[], metavar="NAME=X", help="loss weight, as `defaker distill --w`")
     r.set_defaults(func=_run)
+
+    e = tsub.add_parser("eval", help="score the committed state on the held-out set, into the ledger")
+    e.add_argument("--heldout", required=True)
+    e.add_argument("--eval-max", type=int, default=300)
+    e.add_argument("--state", default="models/program")
+    e.add_argument("--ledger", default="models/ledger.jsonl")
+    e.set_defaults(func=_eval)
 
     b = tsub.add_parser("baseline", help="score a student dir (the shipped one) on the held-out set, into the ledger")
     b.add_argument("--heldout", required=True)
@@ -81,12 +92,20 @@ def _run(args: argparse.Namespace) -> int:
     cfg = ProgramConfig(data=args.data, heldout=args.heldout, state=args.state, ledger=args.ledger, work=args.work,
                         init=args.init, minutes=args.minutes, ckpt_minutes=args.ckpt_minutes,
                         eval_minutes=args.eval_minutes, eval_max=args.eval_max, lr=args.lr, batch=args.batch,
-                        crop=args.crop, seed=args.seed, bf16=args.bf16, threads=args.threads,
+                        crop=args.crop, seed=args.seed, bf16=args.bf16, threads=args.threads, workers=args.workers,
                         weights=_weights(args.w, 2.0))
     res = train_session(cfg)
     last = res.lines[-1] if res.lines else {}
     print(f"session done: step {last.get('step')}, {last.get('cpu_hours')} CPU hours in all; "
           f"state {res.state}, ledger {res.ledger}", file=sys.stderr)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .program import eval_state
+
+    line = eval_state(args.state, args.heldout, args.eval_max, args.ledger)
+    print(json.dumps(line["heldout"]))
     return 0
 
 

@@ -66,6 +66,9 @@ class DistillConfig:
     # an upper bound. On resume the weights and the optimizer's moments continue; the schedule restarts.
     minutes: float | None = None
     ckpt_minutes: float | None = None  # also checkpoint every N minutes (a hard stop loses at most that)
+    # processes that cut the batches ahead (0: in the training process). Batches are a function of
+    # (seed, step, index), so any number gives the same run; on a GPU the crops, not the net, bind
+    workers: int = 0
     threads: int | None = None  # torch intra-op threads per process (default: cores / ranks)
     eval_max: int = 200  # held-out images evaluated at the end (0: skip)
     bf16: bool = False  # bfloat16 autocast of the forward pass (CPU with native bf16, or GPU)
@@ -254,8 +257,9 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
 
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="distill", disable=not d.main,
                dynamic_ncols=True)
+    batches = _batches(sampler, range(start, end), d.rank * local, local, cfg.workers)
     for step in bar:
-        b = {k: v.to(d.device) for k, v in sampler.batch(step, d.rank * local, local).items()}
+        b = {k: v.to(d.device, non_blocking=True) for k, v in next(batches).items()}
         b["x"] = b["x"].contiguous(memory_format=fmt)
         with torch.autocast(str(d.device).split(":")[0], dtype=torch.bfloat16,
                             enabled=cfg.bf16):
@@ -296,6 +300,27 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
     ddp.barrier(d)
     ddp.shutdown(d)
     return DistillResult(out, report)
+
+
+class _Steps(torch.utils.data.Dataset):
+    """Item i is the batch of step steps[i]: DataLoader workers cut whole batches, in step order."""
+
+    def __init__(self, sampler: TileSampler, steps: range, start: int, count: int):
+        self.sampler, self.steps, self.start, self.count = sampler, steps, start, count
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i: int):
+        return self.sampler.batch(self.steps[i], self.start, self.count)
+
+
+def _batches(sampler: TileSampler, steps: range, start: int, count: int, workers: int):
+    if workers <= 0:
+        return (sampler.batch(s, start, count) for s in steps)
+    loader = torch.utils.data.DataLoader(_Steps(sampler, steps, start, count), batch_size=None, shuffle=False,
+                                         num_workers=workers, prefetch_factor=4, pin_memory=torch.cuda.is_available())
+    return iter(loader)
 
 
 def _save_ckpt(path: Path, net, opt, sched, history, step: int, cpu_s: float = 0.0) -> None:
