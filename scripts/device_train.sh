@@ -45,8 +45,8 @@ run)
   SYN_W=$(( CORES > 1 ? CORES : 1 ))
   D=$DEV/work
   say() { echo "== [$(date +%H:%M:%S)] $*" >&2; }
-  say "$($PY -c 'import torch; print("torch", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu",
-        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")')"
+  INFO='import torch; c = torch.cuda.is_available(); print("torch", torch.__version__, torch.cuda.get_device_name(0) if c else "cpu")'
+  say "$($PY -c "$INFO")"
   if [ ! -f "$D/data/manifest.jsonl" ]; then
     say "forgeries: ${N_PHOTO:-6000} on the photos, ${N_PROC:-1600} procedural, $SYN_W processes"
     $PY -m defaker_edge data synth --photos "$DEV/photos" --out "$D/photo" --n "${N_PHOTO:-6000}" --seed 11 \
@@ -57,7 +57,7 @@ run)
   fi
   before=$( [ -f models/ledger.jsonl ] && wc -l < models/ledger.jsonl || echo 0 )
   say "train ${MINUTES:-7} minutes, batch ${BATCH:-32}, $WORKERS workers"
-  BF16=$($PY -c 'import torch; print("--bf16" if torch.cuda.is_available() else "")')
+  BF16=$($PY -c "import torch; print('--bf16' if torch.cuda.is_available() else '')")
   $PY -m defaker_edge train run --data "$D/data/manifest.jsonl" --minutes "${MINUTES:-7}" --ckpt-minutes 2 \
     --batch "${BATCH:-32}" --workers "$WORKERS" --work "$D/program" $BF16 ${EXTRA:-} >&2
   tar -cf "$OUT/state.tar" models/program
@@ -65,7 +65,7 @@ run)
   say "done: $OUT/state.tar ($(du -h "$OUT/state.tar" | cut -f1)), $(wc -l < "$OUT/ledger.jsonl") ledger line(s)"
   ;;
 adopt)
-  SRC=${2:?usage: $0 adopt DIR (the device run's files_at)}
+  SRC=${2:?usage: $0 adopt DIR (the files_at of the device run)}
   [ -f "$SRC/state.tar" ] && [ -f "$SRC/ledger.jsonl" ] || { echo "$SRC: no state.tar + ledger.jsonl" >&2; exit 2; }
   tar -xf "$SRC/state.tar"
   cat "$SRC/ledger.jsonl" >> models/ledger.jsonl

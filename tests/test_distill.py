@@ -283,3 +283,9 @@ def test_program_resumes_from_committed_state_and_keeps_a_ledger(manifest, tmp_p
     res = compare(str(state / "heldout_scores.json"), str(state / "heldout_scores.json"), reps=50)
     assert res["promote"] is False and res["slices"]["all"]["auc_delta"]["value"] == 0.0
     assert "do not promote" in format_table(res)
+
+
+def test_batch_workers_do_not_change_the_run(manifest, tmp_path):
+    a = distill(small_cfg(manifest, tmp_path / "a", eval_max=0, steps=4))
+    b = distill(small_cfg(manifest, tmp_path / "b", eval_max=0, steps=4, workers=2))
+    assert [h["loss"] for h in a.report["losses"]] == [h["loss"] for h in b.report["losses"]]
