@@ -91,6 +91,9 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-timeout", type=float, default=5.0, metavar="S",
                    help="seconds of decoding allowed per 10 MP of image (at least S for any image); a slower "
                         "(hostile) file gets an error instead of holding a core; 0 = no limit")
+    p.add_argument("--trusted-key", metavar="PUB",
+                   help="refuse a package not signed by this Ed25519 public key (PEM; `defaker package sign`); "
+                        "default: $DEFAKER_TRUSTED_KEY, unset = unsigned packages load")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -237,7 +240,8 @@ def _load_detector(args: argparse.Namespace, **kw):
 
     return Detector.load(args.package, backend=args.backend, precision=args.precision, fallback=args.fallback,
                          batch_size=args.batch_size, student=args.student, threads=args.threads,
-                         workers=args.workers, decode_timeout=args.decode_timeout or None, **kw)
+                         workers=args.workers, decode_timeout=args.decode_timeout or None,
+                         trusted_key=args.trusted_key, **kw)
 
 
 def run_check(args: argparse.Namespace) -> int:
