@@ -127,3 +127,32 @@ def test_package_info_path_and_verify_default_to_the_installed_package(capsys):
     assert str(DEFAULT_PACKAGE) in text and f"{m['thresholds']['threshold']:.4f}" in text and "int8-cpu" in text
     assert main(["package", "verify", "--no-golden"]) == 0
     assert capsys.readouterr().out.startswith(f"{DEFAULT_PACKAGE}: OK")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_three_lines_save_a_mask_and_an_overlay(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text()
+    block = text.split("an overlay in three lines:", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.strip().splitlines()) == 3
+    (tmp_path / "photo.jpg").write_bytes((SAMPLES / "fake_splice_photo.jpg").read_bytes())
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    size = Image.open("photo.jpg").size
+    assert Image.open("photo.mask.png").mode == "L" and Image.open("photo.mask.png").size == size
+    assert Image.open("photo.overlay.jpg").format == "JPEG" and Image.open("photo.overlay.jpg").size == size
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/INTERFACES.md", "docs/DESIGN.md", "bench/README.md", "MODEL_CARD.md"])
+def test_docs_stand_alone(doc):
+    """No pointer to a design document or tool outside the repository; every relative link resolves."""
+    import re
+
+    path = ROOT / doc
+    text = path.read_text()
+    assert "../shared" not in text and "/work/" not in text
+    for target in re.findall(r"\]\(([^)#]+)\)", text):
+        if not target.startswith(("http://", "https://")):
+            assert (path.parent / target).resolve().is_file(), f"{doc}: link {target} does not resolve"
+            assert ROOT in (path.parent / target).resolve().parents, f"{doc}: link {target} leaves the repository"

@@ -32,7 +32,7 @@ or >= 11.4, fp16/int8. TensorRT 10 uses precision flags + the Q/DQ ONNX; TensorR
 and TensorRT version that built them, so run this on the device. `defaker engine plan` prints the decisions
 without TensorRT.
 
-Example (on a Jetson Orin):  defaker engine build --package models/default --target orin --precision int8 \\
+Example (on a Jetson Orin):  defaker engine build --package "$(defaker package path)" --target orin --precision int8 \\
     --timing-cache ~/.cache/defaker/orin.cache
 """
 

@@ -58,7 +58,7 @@ slots taken after --queue-wait-s, or over --max-connections), 504 over --timeout
 SIGTERM stops accepting and lets in-flight requests finish (up to --drain-s).
 
 example:
-  defaker serve --package models/default --port 8080 &
+  defaker serve --port 8080 &                 the installed default package (defaker package path)
   curl -s --data-binary @photo.jpg 'http://127.0.0.1:8080/v1/check?mask=0'
 """
 

@@ -9,7 +9,7 @@ against a trusted public key, so one edited, added or removed byte anywhere is r
 The file is a DSSE envelope (the "Dead Simple Signing Envelope" of in-toto and sigstore) around an
 in-toto Statement v1 whose subjects are the package's files and their sha256: the same layers the
 OpenSSF model-signing tool puts inside its sigstore bundle. It is not a model-signing bundle (that
-tool and its 34 dependencies were measured too heavy for a device: README, "Signed packages"); the
+tool and the 35 packages it pulls in were measured too heavy for a device: README, "Signed packages"); the
 keys are plain PEM files that `openssl` and any Ed25519 library read. Ed25519 comes from the
 `cryptography` package, imported only when a key is used.
 """
