@@ -44,9 +44,33 @@ assert len(lines) >= 7 and all("fake_prob" in x and x["package_id"] and x["manif
 print(f"{len(lines)} verdicts", file=sys.stderr)
 PY
 
-say "defaker package verify (the installed default package)"
-PKG=$("$B/python" -c "from defaker_edge.runtime import DEFAULT_PACKAGE; print(DEFAULT_PACKAGE)")
-"$B/defaker" package verify "$PKG"
+say "defaker package path / info / verify (the installed default package)"
+PKG=$("$B/defaker" package path)
+[ "$PKG" = "$("$B/python" -c "from defaker_edge.runtime import DEFAULT_PACKAGE; print(DEFAULT_PACKAGE)")" ]
+"$B/defaker" package info > /dev/null
+"$B/defaker" package verify
+
+say "the README's Python lines: a mask and an overlay"
+"$B/python" - "$REPO/samples/fake_aigc.jpg" <<'PY'
+import sys
+from PIL import Image
+from defaker_edge.runtime import Detector
+v = Detector.load().check(sys.argv[1])
+v.save_mask("readme.mask.png"); v.save_overlay("readme.overlay.jpg")
+assert Image.open("readme.mask.png").mode == "L" and Image.open("readme.overlay.jpg").size == Image.open(sys.argv[1]).size
+PY
+
+say "signed package: keygen, sign, verify, and the runtime refusing an edited copy"
+cp -r "$PKG" signed && "$B/defaker" package keygen rel > /dev/null
+"$B/defaker" package sign signed --key rel.key > /dev/null
+"$B/defaker" package verify signed --trusted-key rel.pub --no-golden > /dev/null
+DEFAKER_TRUSTED_KEY=rel.pub "$B/defaker" check "$REPO/samples/fake_aigc.jpg" --package signed --quiet
+sed -i 's/"overlap": 64/"overlap": 56/' signed/manifest.json
+set +e
+DEFAKER_TRUSTED_KEY=rel.pub "$B/defaker" check "$REPO/samples/fake_aigc.jpg" --package signed 2> err.txt; rc=$?
+set -e
+[ "$rc" -eq 2 ] && grep -q 'manifest.json: changed since it was signed' err.txt && ! grep -q Traceback err.txt \
+  || { echo "edited signed package: rc $rc, $(cat err.txt)" >&2; exit 1; }
 
 say "defaker serve: one request"
 PORT=$("$B/python" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")

@@ -1,4 +1,5 @@
-"""`defaker export`, `defaker package verify`, `defaker engine build|plan` (standard library at import time)."""
+"""`defaker export`, `defaker package verify|sign|keygen|info|path`, `defaker engine build|plan`
+(standard library at import time)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ or >= 11.4, fp16/int8. TensorRT 10 uses precision flags + the Q/DQ ONNX; TensorR
 and TensorRT version that built them, so run this on the device. `defaker engine plan` prints the decisions
 without TensorRT.
 
-Example (on a Jetson Orin):  defaker engine build --package models/default --target orin --precision int8 \\
+Example (on a Jetson Orin):  defaker engine build --package "$(defaker package path)" --target orin --precision int8 \\
     --timing-cache ~/.cache/defaker/orin.cache
 """
 
@@ -60,15 +61,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run_export)
 
-    pk = sub.add_parser("package", help="package tools (verify)", description="Package tools.")
+    pk = sub.add_parser("package", help="package tools (verify, sign, keygen, info, path)",
+                        description="Package tools.", epilog=PACKAGE_EPILOG, formatter_class=fmt)
     psub = pk.add_subparsers(dest="package_command", metavar="SUBCOMMAND")
-    v = psub.add_parser("verify", help="check a package: schema, sha256, ONNX I/O, golden outputs, thresholds",
+    v = psub.add_parser("verify", help="check a package: schema, sha256, ONNX I/O, golden outputs, thresholds, signature",
                         description="Check everything a package's manifest claims; name each failing file. "
+                                    "With a trusted key, also its signature: every file (manifest.json "
+                                    "included) exactly as signed, none added. "
                                     "Exit 0 when it passes, 1 when it does not.")
-    v.add_argument("package", help="package dir")
+    v.add_argument("package", nargs="?", help="package dir (default: the package installed with defaker-edge)")
+    v.add_argument("--trusted-key", metavar="PUB",
+                   help=f"Ed25519 public key (PEM) the package must be signed with (default: ${_TRUSTED_ENV})")
     v.add_argument("--json", action="store_true", help="print the report as one JSON object")
     v.add_argument("--no-golden", action="store_true", help="skip re-running the golden input")
     v.set_defaults(func=run_verify)
+    sg = psub.add_parser("sign", help="sign every file of a package with an Ed25519 key (-> PACKAGE/signature.json)",
+                         description="Verify the package, then sign the sha256 of every file in it (manifest.json "
+                                     "included) with an Ed25519 private key: PACKAGE/signature.json, a DSSE "
+                                     "envelope around an in-toto statement. Sign again after any change (an "
+                                     "engine build rewrites the manifest).")
+    sg.add_argument("package", help="package dir")
+    sg.add_argument("--key", required=True, metavar="PRIVATE_KEY",
+                    help=f"Ed25519 private key, PEM (from `defaker package keygen`; ${_PASSWORD_ENV} if encrypted)")
+    sg.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    sg.set_defaults(func=run_sign)
+    kg = psub.add_parser("keygen", help="make an Ed25519 key pair for signing packages",
+                         description="Write NAME.key (private, PEM PKCS#8, mode 0600; encrypted when "
+                                     f"${_PASSWORD_ENV} is set) and NAME.pub (public, PEM). Keep the private key "
+                                     "off devices; give devices NAME.pub.")
+    kg.add_argument("name", help="path prefix: NAME.key and NAME.pub are written (never overwritten)")
+    kg.set_defaults(func=run_keygen)
+    inf = psub.add_parser("info", help="a package's directory and figures: precisions, thresholds, metrics",
+                          description="Print a package's directory, files and precisions, thresholds and "
+                                      "uncertainty band, and the metrics its manifest records.")
+    inf.add_argument("package", nargs="?", help="package dir (default: the package installed with defaker-edge)")
+    inf.add_argument("--json", action="store_true", help="print it as one JSON object")
+    inf.set_defaults(func=run_info)
+    pa = psub.add_parser("path", help="print the installed default package's directory",
+                         description="Print the directory of the package `defaker check` uses by default "
+                                     "(or of PACKAGE), for scripts: ls \"$(defaker package path)\"")
+    pa.add_argument("package", nargs="?", help="package dir (default: the installed one)")
+    pa.set_defaults(func=run_path)
 
     en = sub.add_parser("engine", help="TensorRT engines (build, plan)", description="TensorRT engines.")
     esub = en.add_subparsers(dest="engine_command", metavar="SUBCOMMAND")
@@ -88,6 +121,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--cc", help="compute capability, e.g. 8.7 (default: the target's)")
     pl.add_argument("--tile", type=int, default=512)
     pl.set_defaults(func=run_engine_plan)
+
+
+PACKAGE_EPILOG = """\
+examples:
+  defaker package info                                  the installed default package and its figures
+  defaker package verify                                check it (schema, sha256, golden outputs)
+  defaker package keygen release                        release.key (private) + release.pub
+  defaker package sign PKG --key release.key            PKG/signature.json over every file
+  defaker package verify PKG --trusted-key release.pub  also the signature: any edited byte is refused
+  DEFAKER_TRUSTED_KEY=release.pub defaker check photo.jpg --package PKG   the runtime refuses unsigned packages
+"""
+_TRUSTED_ENV = "DEFAKER_TRUSTED_KEY"  # runtime.signing.TRUSTED_KEY_ENV (not imported: stdlib only here)
+_PASSWORD_ENV = "DEFAKER_KEY_PASSWORD"
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -121,20 +167,106 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    import os
+
+    from ..runtime.package import resolve_package_dir
     from .package import verify_package
 
-    rep = verify_package(args.package, golden=not args.no_golden)
+    root = resolve_package_dir(args.package)
+    key = args.trusted_key or os.environ.get(_TRUSTED_ENV) or None
+    rep = verify_package(root, golden=not args.no_golden, trusted_key=key)
     if args.json:
         print(json.dumps(rep.to_json()))
     elif rep.ok:
-        print(f"{args.package}: OK ({len(rep.checked)} files checked)")
+        print(f"{root}: OK ({len(rep.checked)} files checked; signature: {rep.signature})")
     else:
-        print(f"{args.package}: FAILED; failing files: {', '.join(rep.failing_files)}")
+        print(f"{root}: FAILED; failing files: {', '.join(rep.failing_files)}")
         for p in rep.problems:
             print(f"  {p}")
     if not rep.ok and args.json:
         print(f"defaker: package verify failed: {', '.join(rep.failing_files)}", file=sys.stderr)
     return 0 if rep.ok else 1
+
+
+def run_sign(args: argparse.Namespace) -> int:
+    from ..errors import ArtifactError
+    from ..runtime.signing import SIGNATURE, load_private_key, sign_package
+    from .package import verify_package
+
+    load_private_key(args.key)  # a bad key is refused before the (longer) package check
+    rep = verify_package(args.package)
+    probs = [p for p in rep.problems if p.file != SIGNATURE]
+    if probs:  # a signature vouches for a package that passes verify, nothing less
+        more = f" (and {len(probs) - 1} more: defaker package verify {args.package})" if len(probs) > 1 else ""
+        raise ArtifactError(f"{args.package}: not signed, it fails verify: {probs[0]}{more}")
+    path, keyid, n = sign_package(args.package, args.key)
+    if args.json:
+        print(json.dumps({"signature": str(path), "keyid": keyid, "files": n}))
+    else:
+        print(f"signed {n} files of {args.package} with key {keyid[:16]}: {path}")
+    return 0
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    from ..runtime.signing import generate_keypair
+
+    priv, pub = f"{args.name}.key", f"{args.name}.pub"
+    keyid = generate_keypair(priv, pub)
+    print(f"wrote {priv} (private: keep it off devices) and {pub} (public: give it to devices); key {keyid[:16]}")
+    return 0
+
+
+def _fmt_metrics(d: dict) -> str:
+    names = (("image_auc", "image AUC"), ("balanced_acc", "balanced acc"), ("pixel_f1", "pixel F1"),
+             ("pixel_f1_best", "best pixel F1"))
+    return ", ".join(f"{label} {d[k]:.3f}" for k, label in names if isinstance(d.get(k), (int, float)))
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from ..runtime.package import load_package
+    from ..runtime.signing import SIGNATURE
+
+    pkg = load_package(args.package)
+    s = pkg.summary()
+    th = pkg.manifest.get("thresholds") or {}
+    signed = (pkg.root / SIGNATURE).is_file()
+    if args.json:
+        print(json.dumps({"path": str(pkg.root), **s, "target_fpr": th.get("target_fpr"),
+                          "dct": list(pkg.dct) if pkg.dct else None, "signed": signed}))
+        return 0
+    t = pkg.thresholds
+    print(f"package    {pkg.root}")
+    print(f"model_id   {s['model_id']}  (created {s['created']}; manifest sha256 {pkg.manifest_sha256[:16]}...)")
+    stream = f"; compression-history stream: {pkg.dct[0]} DCT frequencies, clip {pkg.dct[1]}" if pkg.dct else ""
+    print(f"tiling     {pkg.tile}x{pkg.tile} tiles, overlap {pkg.overlap}{stream}")
+    fpr = f", fitted at {th['target_fpr']:g} false-positive rate" if isinstance(th.get("target_fpr"), (int, float)) else ""
+    band = (f"uncertainty band [{t.band[0]:.3f}, {t.band[1]:.3f}] (re-checked at FP32)" if t.band
+            else "no uncertainty band")
+    print(f"threshold  {t.threshold:.4f} (temperature {t.temperature:.3f}{fpr}); {band}")
+    print("files")
+    for f in pkg.files:
+        size = f"{f.bytes / 1e6:6.2f} MB" if isinstance(f.bytes, int) else "      ?"
+        d = f.gate.get("deltas") or {}
+        gate = ("; gate: " + ", ".join(f"d{k} {d[k]:+.4f}" for k in ("image_auc", "pixel_f1")
+                                       if isinstance(d.get(k), (int, float)))) if d else ""
+        print(f"  {f.path:28s} {f.precision:9s} {size}  {f.role or ''}"
+              f"{'  (FORCED: failed its gate)' if f.forced else ''}{gate}")
+    metrics = pkg.manifest.get("metrics") or {}
+    if metrics:
+        n = next((m.get("n") for m in metrics.values() if isinstance(m, dict) and m.get("n")), None)
+        print("metrics    (recorded at build" + (f", {n} validation images" if n else "") + ")")
+        for prec, m in metrics.items():
+            if isinstance(m, dict):
+                print(f"  {prec:9s} {_fmt_metrics(m)}")
+    print(f"signature  {'present (check: defaker package verify --trusted-key PUB)' if signed else 'unsigned'}")
+    return 0
+
+
+def run_path(args: argparse.Namespace) -> int:
+    from ..runtime.package import resolve_package_dir
+
+    print(resolve_package_dir(args.package))
+    return 0
 
 
 def run_engine_build(args: argparse.Namespace) -> int:

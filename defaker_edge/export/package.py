@@ -66,6 +66,8 @@ class VerifyReport:
     path: str
     problems: list[Problem] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    # "verified by <keyid>" | "present, not checked (no trusted key)" | "unsigned" | "failed"
+    signature: str = "unsigned"
 
     @property
     def ok(self) -> bool:
@@ -77,7 +79,8 @@ class VerifyReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"package": self.path, "ok": self.ok, "checked": self.checked,
-                "failing_files": self.failing_files, "problems": [p.to_json() for p in self.problems]}
+                "failing_files": self.failing_files, "problems": [p.to_json() for p in self.problems],
+                "signature": self.signature}
 
 
 def _cfg(cfg: Any, key: str, default: Any = None) -> Any:
@@ -451,12 +454,21 @@ def _check_onnx_io(package: Path, m: dict[str, Any]) -> tuple[list[Problem], dic
     return probs, sessions
 
 
-def verify_package(path: str | os.PathLike, golden: bool = True) -> VerifyReport:
-    """Check a package: schema, every file's sha256, ONNX I/O against the manifest, golden outputs, thresholds, engines."""
+def verify_package(path: str | os.PathLike, golden: bool = True, trusted_key: Any = None) -> VerifyReport:
+    """Check a package: schema, every file's sha256, ONNX I/O against the manifest, golden outputs, thresholds, engines.
+    With `trusted_key` (runtime.signing), also its signature: every file as that key's holder signed it."""
+    from ..runtime.signing import SIGNATURE, signature_problems
     from .golden import check_golden
 
     path = Path(path)
     rep = VerifyReport(str(path))
+    if trusted_key is not None:
+        signed, sig_probs = signature_problems(path, trusted_key)
+        rep.problems += [Problem(f, why) for f, why in sig_probs]
+        rep.checked.append(SIGNATURE)
+        rep.signature = f"verified by {signed.keyid[:16]}" if signed and not sig_probs else "failed"
+    elif (path / SIGNATURE).is_file():
+        rep.signature = "present, not checked (no trusted key)"
     try:
         m = read_manifest(path)
     except DefakerError as e:

@@ -61,7 +61,7 @@ slots taken after --queue-wait-s, or over --max-connections), 504 over --timeout
 SIGTERM stops accepting and lets in-flight requests finish (up to --drain-s).
 
 example:
-  defaker serve --package models/default --port 8080 &
+  defaker serve --port 8080 &                 the installed default package (defaker package path)
   curl -s --data-binary @photo.jpg 'http://127.0.0.1:8080/v1/check?mask=0'
 """
 
@@ -94,6 +94,9 @@ def _load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-timeout", type=float, default=5.0, metavar="S",
                    help="seconds of decoding allowed per 10 MP of image (at least S for any image); a slower "
                         "(hostile) file gets an error instead of holding a core; 0 = no limit")
+    p.add_argument("--trusted-key", metavar="PUB",
+                   help="refuse a package not signed by this Ed25519 public key (PEM; `defaker package sign`); "
+                        "default: $DEFAKER_TRUSTED_KEY, unset = unsigned packages load")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -246,7 +249,8 @@ def _load_detector(args: argparse.Namespace, **kw):
 
     return Detector.load(args.package, backend=args.backend, precision=args.precision, fallback=args.fallback,
                          batch_size=args.batch_size, student=args.student, threads=args.threads,
-                         workers=args.workers, decode_timeout=args.decode_timeout or None, **kw)
+                         workers=args.workers, decode_timeout=args.decode_timeout or None,
+                         trusted_key=args.trusted_key, **kw)
 
 
 def run_check(args: argparse.Namespace) -> int:

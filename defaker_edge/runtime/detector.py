@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+from PIL import Image as PILImage
 
 from ..data.io import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, ImageSource, clean_error, load_image
 from ..errors import ArtifactError, DefakerError
 from . import tiling
 from .dct import read_qtable, tile_tables
 from .backends.base import Backend, BackendUnavailable
-from .package import FileEntry, Golden, Package, golden_mismatch, load_golden, load_package, verify_file
+from .package import (FileEntry, Golden, Package, golden_mismatch, load_golden, load_package, resolve_package_dir,
+                      verify_file)
+from .signing import SignatureError, trusted_key_from_env, verify_signature
 from .stitch import MaskStitcher, sigmoid, upsample_probs
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,11 @@ class Verdict:
     manifest_sha256: str = ""  # ... and its sha256: which package made this verdict
     warning: str | None = None  # e.g. the answering file failed its accuracy gate (loaded by name)
     pixel_threshold: float = 0.5  # heatmap >= this is `mask` (the package's thresholds.pixel_threshold)
+    # the score fell inside the calibrated uncertainty band: re-checked at FP32 when that path exists
+    # (then precision is "fp32" and `fallback` starts "band: ..."); the overlay's caption says so
+    uncertain: bool = False
+    # the file the image was read from, for save_overlay (bytes, arrays and PIL images are not kept)
+    source: str | None = None
     # the full-size heatmap, or how to make it: (quarter logits, dtype) until first access
     _heat: np.ndarray | None = field(default=None, repr=False)
     _mask_src: tuple[np.ndarray, np.dtype] | None = field(default=None, repr=False)
@@ -101,6 +109,60 @@ class Verdict:
             return None
         cut = self.pixel_threshold
         return heat >= (round(cut * 255) if heat.dtype == np.uint8 else cut)
+
+    def save_mask(self, path: str | os.PathLike) -> Path:
+        """Write `mask` (the decision) as an 8-bit grey PNG at the image's size: 255 edited, 0
+        untouched, which any image viewer opens. Returns the path. `save_heatmap` writes the
+        probabilities."""
+        from ..artifacts import atomic_path
+        from ..data.io import save_mask_png
+
+        m = self.mask
+        if m is None:
+            raise DefakerError(f"{self.image or 'verdict'}: no full-size mask to save (checked with "
+                               "mask='none' or 'quarter'; check with mask='full')")
+        with atomic_path(path) as tmp:  # a reader (or a crash) never meets half a file
+            save_mask_png(tmp, m)
+        return Path(path)
+
+    def save_heatmap(self, path: str | os.PathLike) -> Path:
+        """Write `heatmap` (the edit probabilities) as an 8-bit grey PNG, probability x 255."""
+        from ..artifacts import atomic_path
+        from ..data.io import save_mask_png
+
+        h = self.heatmap
+        if h is None:
+            raise DefakerError(f"{self.image or 'verdict'}: no full-size heatmap to save (checked with "
+                               "mask='none' or 'quarter'; check with mask='full')")
+        with atomic_path(path) as tmp:
+            save_mask_png(tmp, h)
+        return Path(path)
+
+    def save_overlay(self, path: str | os.PathLike, image: Any = None, *, quality: int = 90) -> Path:
+        """Write the image with the heatmap drawn on it (a tint, the binary mask's outline) and the verdict as a
+        caption: JPEG, or PNG when `path` ends in .png. `image` is what was checked; by default
+        the file this verdict was read from (give it for bytes, arrays and PIL images)."""
+        from ..artifacts import atomic_path
+        from .overlay import caption_of, save_overlay
+
+        m = self.heatmap
+        if m is None:
+            raise DefakerError(f"{self.image or 'verdict'}: no full-size mask to draw (checked with "
+                               "mask='none' or 'quarter'; check with mask='full')")
+        src = image if image is not None else self.source
+        if src is None:
+            raise DefakerError(f"{self.image or 'verdict'}: the image was not a file: pass it again, "
+                               "save_overlay(path, image=...)")
+        h, w = self.size
+        pixels, _ = pixels_of(src, self.image, max_pixels=max(DEFAULT_MAX_PIXELS, h * w))
+        if pixels.shape[:2] != (h, w):
+            raise DefakerError(f"{self.image or 'verdict'}: image is {pixels.shape[1]}x{pixels.shape[0]}, "
+                               f"the verdict's mask {w}x{h}: not the image that was checked")
+        fmt = "PNG" if str(path).lower().endswith(".png") else "JPEG"
+        with atomic_path(path) as tmp:
+            save_overlay(tmp, pixels, m, quality=quality, caption=caption_of(self), format=fmt,
+                         cut=self.pixel_threshold)
+        return Path(path)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON line of `defaker check --json` and the server (no mask arrays)."""
@@ -135,6 +197,7 @@ class _Job:
     # the file's luma quantization table (runtime.dct; None: an array, or no JPEG): the
     # compression-history stream's second input
     qtable: np.ndarray | None = None
+    source: str | None = None  # the path the image came from (Verdict.source)
 
     @property
     def n(self) -> int:
@@ -152,6 +215,44 @@ class _Candidate:
         if self.kind == "torch":
             return "torch fp32"
         return self.entry.label if self.entry else self.precision
+
+
+def pixels_of(src: Any, name: str | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+              decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+              qtable: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB uint8 [H, W, 3] of any input the Detector takes (path, bytes, array, PIL image), and,
+    with qtable=True, the file's luma quantization table (None where there is no file).
+
+    A PIL image is taken as it stands, like an array (apply ImageOps.exif_transpose first to a
+    photo opened by hand), except that an unmodified JPEG from Image.open keeps its table."""
+    if isinstance(src, PILImage.Image):
+        return _pil_pixels(src, name, max_pixels), (_pil_qtable(src) if qtable else None)
+    img = load_image(src, max_pixels=max_pixels, name=name, decode_timeout=decode_timeout)
+    q = read_qtable(src) if qtable and isinstance(src, (str, os.PathLike, bytes, bytearray, memoryview)) else None
+    return img, q
+
+
+def _pil_pixels(im: "PILImage.Image", name: str | None, max_pixels: int) -> np.ndarray:
+    from ..data.io import _to_rgb  # the one mode conversion (16-bit, palette, alpha...) files get too
+    from ..errors import ImageError
+
+    label = name or getattr(im, "filename", None) or "<PIL image>"
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageError(label, f"invalid size {w}x{h}")
+    if w * h > max_pixels:  # before load(): an Image.open'ed file decodes only now
+        raise ImageError(label, f"{w}x{h} = {w * h / 1e6:.1f} MP is over the {max_pixels / 1e6:.0f} MP limit")
+    try:
+        im.load()
+        out = _to_rgb(im)
+    except Exception as e:  # a lazily opened, damaged file fails here
+        raise ImageError(label, f"cannot read the PIL image ({type(e).__name__}: {e})") from None
+    return np.ascontiguousarray(out)
+
+
+def _pil_qtable(im: "PILImage.Image") -> np.ndarray | None:
+    t = (getattr(im, "quantization", None) or {}).get(0)
+    return np.asarray(t, np.float32) if t is not None and len(t) == 64 else None
 
 
 def _has(module: str) -> bool:
@@ -189,6 +290,7 @@ class Detector:
         self.package_problems: list[str] = []  # files of the package that failed their check at load
         # set when the loaded file failed its accuracy gate (only ever loaded when asked for by name)
         self.warning: str | None = None
+        self.signed_by: str | None = None  # the trusted key's id when a signature was enforced at load
         # Tile cutting + normalization is memory-bound numpy work that releases the GIL and runs
         # while the backend is idle: split across the cores it is ~2x shorter on a 2-core CPU.
         # concurrent tile batches (see _stream); `threads` is each run's intra-op threads
@@ -204,7 +306,8 @@ class Detector:
              student: str | Path | None = None, mask: str = "full", mask_dtype: str = "float16",
              max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None, workers: int | None = None,
              trt: Any = None, cudart: Any = None,
-             decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT) -> "Detector":
+             decode_timeout: float | None = DEFAULT_DECODE_TIMEOUT,
+             trusted_key: str | Path | bytes | None = None) -> "Detector":
         """Load a package (None = the default one) on the best backend that passes its checks.
 
         backend: auto | tensorrt | onnxruntime | torch (torch needs `student`, a student dir, or a
@@ -221,6 +324,10 @@ class Detector:
         your CPU); on many-core CPUs, where one small conv cannot keep every thread busy, more
         workers may pay. decode_timeout: seconds of decoding allowed per 10 MP of image (a file
         that takes longer is an ImageError); None: no limit.
+        trusted_key: an Ed25519 public key (PEM path or PEM bytes; default $DEFAKER_TRUSTED_KEY):
+        when set, the package must carry a signature by that key over every one of its files
+        (runtime.signing), else the load is refused with a SignatureError; unset, an unsigned
+        package loads as before.
         """
         if backend not in BACKENDS:
             raise DefakerError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -242,7 +349,21 @@ class Detector:
         workers = min(workers or 1, cores)
         # one worker and no cap: leave ORT its own default thread count, as before workers existed
         intra = None if threads is None and workers == 1 else max(1, cores // workers)
-        pkg = load_package(package)
+        key = trusted_key if trusted_key is not None else trusted_key_from_env()
+        signed = None
+        if key is not None:
+            root = resolve_package_dir(package)
+            if student is not None:
+                raise SignatureError(f"{root}: student={student} is not covered by the package's signature; "
+                                     "with a trusted key only the package's own files load")
+            signed = verify_signature(root, key)
+            pkg = load_package(root)
+            # bind what is used to what was verified: the manifest read now is the signed one
+            # (its sha256 chains every model file and the golden data, which the load re-hashes)
+            if pkg.manifest_sha256 != signed.digests.get("manifest.json"):
+                raise SignatureError(f"{root}: manifest.json changed while the package was being loaded")
+        else:
+            pkg = load_package(package)
         if (not np.allclose(pkg.mean, tiling.MEAN, atol=1e-6) or not np.allclose(pkg.std, tiling.STD, atol=1e-6)):
             raise ArtifactError(f"{pkg.root}: input mean/std {pkg.mean}/{pkg.std} differ from the runtime's "
                                 f"ImageNet normalization {tiling.MEAN}/{tiling.STD}")
@@ -267,6 +388,7 @@ class Detector:
                       providers=providers, golden=golden, threads=intra, workers=workers,
                       decode_timeout=decode_timeout)
             det.package_problems = [f"{f.path}: {verified[f.path]}" for f in pkg.files if verified[f.path]]
+            det.signed_by = signed.keyid if signed is not None else None
             if c.entry is not None and c.entry.forced:
                 det.warning = f"{c.entry.label}: {c.entry.gate_summary()}; its scores are not validated"
                 log.warning("%s: %s", pkg.root, det.warning)
@@ -390,10 +512,14 @@ class Detector:
     def _job(self, src: ImageSource, name: str | None, max_pixels: int | None, mask: str,
              decode_timeout: float | None = None) -> _Job:
         t = time.perf_counter()
-        label = name or (str(src) if isinstance(src, (str, Path)) else None)
+        label = name or (str(src) if isinstance(src, (str, os.PathLike)) else None)
+        if label is None and isinstance(src, PILImage.Image):
+            label = getattr(src, "filename", None) or "<PIL image>"
         try:
-            img = load_image(src, max_pixels=max_pixels or self.max_pixels, name=label,
-                             decode_timeout=decode_timeout if decode_timeout is not None else self.decode_timeout)
+            # the table is in the header: Pillow parses it without decoding (a fraction of a ms); only
+            # a package with the compression-history stream reads it
+            img, q = pixels_of(src, label, max_pixels=max_pixels or self.max_pixels, qtable=bool(self.package.dct),
+                               decode_timeout=decode_timeout if decode_timeout is not None else self.decode_timeout)
         except DefakerError as e:
             # the job may wait in the batch: keep the message, not the frames holding the input's bytes
             return _Job(name=label or "<input>", img=None, origins=[], logits=np.zeros(0, np.float32),
@@ -401,12 +527,9 @@ class Detector:
         h, w = img.shape[:2]
         origins = tiling.tile_origins(h, w, self.spec)
         st = MaskStitcher(h, w, self.spec.tile, self.spec.overlap) if mask != "none" else None
-        # the table is in the header: Pillow parses it without decoding (a fraction of a ms); only a
-        # package with the compression-history stream reads it
-        q = (read_qtable(src) if self.package.dct and isinstance(src, (str, Path, bytes, bytearray, memoryview))
-             else None)
         return _Job(name=label, img=img, origins=origins, logits=np.full(len(origins), np.nan, np.float32),
-                    stitcher=st, decode_ms=(time.perf_counter() - t) * 1e3, qtable=q)
+                    stitcher=st, decode_ms=(time.perf_counter() - t) * 1e3, qtable=q,
+                    source=str(src) if isinstance(src, (str, os.PathLike)) else None)
 
     def _stream(self, jobs: Iterable[_Job], backend: Backend) -> Iterator[_Job]:
         """Run every job's tiles through `backend` in batches that may span images; yield jobs in order
@@ -542,6 +665,7 @@ class Detector:
             prob = float(sigmoid(np.float64(logit / th.temperature)))
             if th.band and be.precision != "fp32" and th.band[0] <= prob <= th.band[1]:
                 reason, soft = f"band: {prob:.2f} in [{th.band[0]:g}, {th.band[1]:g}]", True
+        uncertain = soft
         if reason and self.fallback_mode == "never":
             if not soft:
                 raise InferenceError(f"{job.name}: {be.describe()}: {reason} (fallback='never')")
@@ -556,7 +680,7 @@ class Detector:
                 reason = f"{reason}; not re-run ({self._fp_error})"
             else:
                 t0 = time.perf_counter()
-                redo = _Job(name=job.name, img=job.img, origins=job.origins, qtable=job.qtable,
+                redo = _Job(name=job.name, img=job.img, origins=job.origins, qtable=job.qtable, source=job.source,
                             logits=np.full(job.n, np.nan, np.float32),
                             stitcher=MaskStitcher(*job.img.shape[:2], self.spec.tile, self.spec.overlap)
                             if job.stitcher is not None else None)
@@ -588,11 +712,12 @@ class Detector:
                        pixel_threshold=th.pixel_threshold,
                        backend=be.name, precision=be.precision, fallback=fb, timings=timings, logit=logit,
                        provider=be.provider, image=job.name, size=(h, w), n_tiles=job.n, mask_quarter=quarter,
-                       package_problems=list(self.package_problems))
+                       package_problems=list(self.package_problems), uncertain=uncertain, source=job.source)
 
     def check(self, image: ImageSource, *, name: str | None = None, mask: str | None = None,
               max_pixels: int | None = None, decode_timeout: float | None = None) -> Verdict:
-        """One image (path, encoded bytes, or an array) -> Verdict. Raises ImageError if unreadable.
+        """One image (path, encoded bytes, an RGB array or a PIL image) -> Verdict. Raises ImageError
+        if unreadable.
         decode_timeout overrides the detector's (seconds per 10 MP) for this image."""
         mode = mask or self.mask_mode
         job = self._job(image, name, max_pixels, mode, decode_timeout)
@@ -631,7 +756,8 @@ class Detector:
 
     def info(self) -> dict[str, Any]:
         return {"package": str(self.package.root), "package_id": self.package.package_id,
-                "manifest_sha256": self.package.manifest_sha256, "warning": self.warning, "backend": self.backend.name, "precision": self.backend.precision,
+                "manifest_sha256": self.package.manifest_sha256, "signed_by": self.signed_by,
+                "warning": self.warning, "backend": self.backend.name, "precision": self.backend.precision,
                 "provider": self.backend.provider, "input_format": self.backend.input_format,
                 "fallback": self.load_fallback,
                 "package_problems": self.package_problems, "tile": self.spec.tile,

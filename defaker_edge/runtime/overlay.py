@@ -72,10 +72,16 @@ def overlay(img: np.ndarray, mask: np.ndarray, *, alpha: float = 0.35, chunk_row
 
 
 def caption_of(verdict: Any) -> str:
-    """'FAKE  p=0.873  threshold 0.567  | outline: heatmap >= 0.31' from a Verdict."""
+    """'FAKE  p=0.873  threshold 0.567  | outline: heatmap >= 0.31' from a Verdict, and a second line
+    when the score fell in the calibrated uncertainty band: 'uncertain, re-checked at FP32' (the
+    answer shown is the FP32 one), or that it could not be re-checked."""
     word = "FAKE" if verdict.is_fake else "real"
     cut = getattr(verdict, "pixel_threshold", CUT)
-    return f"{word}  p={verdict.fake_prob:.3f}  threshold {verdict.threshold:.3f}  | outline: heatmap >= {cut:.2f}"
+    text = f"{word}  p={verdict.fake_prob:.3f}  threshold {verdict.threshold:.3f}  | outline: heatmap >= {cut:.2f}"
+    if getattr(verdict, "uncertain", False):
+        rechecked = verdict.precision == "fp32"
+        text += "\nuncertain, re-checked at FP32" if rechecked else "\nuncertain, not re-checked at FP32"
+    return text
 
 
 def draw_caption(im, text: str) -> None:
@@ -89,17 +95,17 @@ def draw_caption(im, text: str) -> None:
         font = ImageFont.load_default()
     draw = ImageDraw.Draw(im)
     pad = max(2, size // 4)
-    x0, y0, x1, y1 = draw.textbbox((pad, pad), text, font=font)
+    x0, y0, x1, y1 = draw.multiline_textbbox((pad, pad), text, font=font)
     draw.rectangle((0, 0, min(im.width, x1 + pad), min(im.height, y1 + pad)), fill=(0, 0, 0))
-    draw.text((pad, pad), text, fill=(255, 255, 255), font=font)
+    draw.multiline_text((pad, pad), text, fill=(255, 255, 255), font=font)
 
 
 def save_overlay(path: str | os.PathLike, img: np.ndarray, mask: np.ndarray, quality: int = 90,
-                 caption: str | None = None, cut: float = CUT) -> None:
+                 caption: str | None = None, format: str = "JPEG", cut: float = CUT) -> None:
     from PIL import Image
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     im = Image.fromarray(overlay(img, mask, cut=cut))
     if caption:
         draw_caption(im, caption)
-    im.save(path, format="JPEG", quality=quality)
+    im.save(path, format=format, **({"quality": quality} if format == "JPEG" else {}))

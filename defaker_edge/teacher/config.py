@@ -1,4 +1,4 @@
-"""The teacher's typed configuration and its three presets (DESIGN §3, TEACHER.md).
+"""The teacher's typed configuration and its three presets (DESIGN §3).
 
 `TeacherConfig` holds plain dicts for the three native transformers configs (InternVL vision,
 a Llama-shaped text model, SAM2) plus the DeFakerOne wiring: dynamic tiling, the prompt, the

@@ -1,5 +1,5 @@
 """DeFakerOneTeacher: transformers' InternVL (vision tower + projector + Llama-shaped LLM) and SAM2,
-wired as Sa2VA / DeFakerOne (TEACHER.md).
+wired as Sa2VA / DeFakerOne (DESIGN §3).
 
 Detection: the first answer token's logits restricted to the eight answer words; P(fake) is the
 softmax mass of the four positive ones. Localization: the answer word (the most likely of the

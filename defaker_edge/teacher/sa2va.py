@@ -1,4 +1,4 @@
-"""Sa2VA hub layout <-> transformers' native InternVL / SAM2 names (TEACHER.md).
+"""Sa2VA hub layout <-> transformers' native InternVL / SAM2 names (DESIGN §3).
 
 One function, `rules(native_keys)`, says for every native tensor where it lives in a Sa2VA checkpoint;
 export applies the rules forwards and import backwards, so the two directions cannot drift apart.

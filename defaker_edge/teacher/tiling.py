@@ -1,4 +1,4 @@
-"""InternVL dynamic high-resolution tiling (TEACHER.md, inference path step 1).
+"""InternVL dynamic high-resolution tiling (DESIGN §3: the teacher prepares images with it).
 
 The image is resized to the candidate grid (cols x rows of S-pixel tiles, min <= cols*rows <= max)
 whose aspect ratio is closest to the image's, then cut row-major into S x S tiles, plus an S x S
