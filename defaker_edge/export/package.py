@@ -314,6 +314,10 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
                        "data": str(data) if data else None},
             "validation": validation,
         }
+        # a student promoted by the training program carries the held-out comparison that promoted it
+        # (distill.promotion); the package states it, so a device maker sees why these weights ship
+        if model_dir and (model_dir / "promotion.json").is_file():
+            manifest["promotion"] = read_json(model_dir / "promotion.json")
         write_json(tmp / MANIFEST, manifest)
         bar.set_description("verify package")
         rep = verify_package(tmp)
