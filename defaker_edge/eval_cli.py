@@ -24,12 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the report JSON here (also printed on stdout)")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold for balanced accuracy")
     p.add_argument("--split", help="only score samples of this manifest split")
+    p.add_argument("--pixel-threshold", type=float,
+                   help="cut the heatmaps here instead of at each line's pixel_threshold (compare pixel rules)")
     p.add_argument("--markdown", help="also write a markdown table (overall, per domain, per domain x kind) here")
     p.set_defaults(func=run)
 
 
 def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike, *,
-                         threshold: float = 0.5, split: str | None = None) -> dict:
+                         threshold: float = 0.5, split: str | None = None,
+                         pixel_threshold: float | None = None) -> dict:
     from .data.dataset import load_dataset
     from .data.io import load_mask
     from .errors import DatasetError
@@ -77,7 +80,8 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
                 if pm.shape != gt.shape:
                     raise DatasetError(f"{mp}: predicted mask is {pm.shape[1]}x{pm.shape[0]}, "
                                        f"ground truth is {gt.shape[1]}x{gt.shape[0]}")
-                cut = float(d.get("pixel_threshold", 0.5)) if key == "heatmap" else 0.5
+                cut = 0.5 if key != "heatmap" else (
+                    pixel_threshold if pixel_threshold is not None else float(d.get("pixel_threshold", 0.5)))
                 pix = pixel_scores(pm, gt, threshold=cut)
             else:  # no mask predicted
                 pix = {"pixel_f1": 0.0, "pixel_f1_best": 0.0, "pixel_iou": 0.0, "pixel_auc": 0.5}
@@ -108,7 +112,12 @@ def markdown_table(report: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from .artifacts import to_jsonable, write_json
 
-    report = evaluate_predictions(args.predictions, args.data, threshold=args.threshold, split=args.split)
+    if args.pixel_threshold is not None and not 0.0 < args.pixel_threshold < 1.0:
+        from .errors import DefakerError
+
+        raise DefakerError(f"--pixel-threshold must be in (0, 1), got {args.pixel_threshold}")
+    report = evaluate_predictions(args.predictions, args.data, threshold=args.threshold, split=args.split,
+                                  pixel_threshold=args.pixel_threshold)
     if args.out:
         write_json(args.out, report)
     if args.markdown:

@@ -116,3 +116,33 @@ def test_eval_cli_missing_prediction_is_one_clear_error(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "have no prediction" in err and "Traceback" not in err
+
+
+def test_eval_cli_scores_heatmaps_at_their_pixel_threshold(tmp_path, capsys):
+    """A check line with a heatmap: pixel F1 at the line's pixel_threshold (or --pixel-threshold),
+    best-cut F1 and pixel AUC from the heatmap; the binary mask beside it is not needed."""
+    rng = np.random.default_rng(3)
+    truth = _write_dataset(tmp_path, rng)
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    preds, f1_at = [], {0.3: [], 0.7: []}
+    aucs = []
+    for i, (label, gt, h, w) in enumerate(truth):
+        entry = {"image": f"images/{i}.png", "fake_prob": float(rng.random()), "pixel_threshold": 0.3}
+        if label:
+            heat = rng.integers(0, 256, (h, w), dtype=np.uint8)
+            Image.fromarray(heat).save(pred_dir / f"{i}.heatmap.png")
+            entry["heatmap"] = f"{i}.heatmap.png"
+            for cut in f1_at:
+                f1_at[cut].append(f1_score((gt > 0).ravel(), (heat / 255.0 >= cut).ravel()))
+            aucs.append(roc_auc_score((gt > 0).ravel(), heat.ravel()))
+        preds.append(entry)
+    (pred_dir / "p.jsonl").write_text("".join(json.dumps(x) + "\n" for x in preds))
+    args = ["eval", "--predictions", str(pred_dir / "p.jsonl"), "--data", str(tmp_path / "manifest.jsonl")]
+    assert main(args) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert abs(r["overall"]["pixel_f1"] - np.mean(f1_at[0.3])) < 1e-6
+    assert abs(r["overall"]["pixel_auc"] - np.mean(aucs)) < 1e-6
+    assert main(args + ["--pixel-threshold", "0.7"]) == 0
+    assert abs(json.loads(capsys.readouterr().out)["overall"]["pixel_f1"] - np.mean(f1_at[0.7])) < 1e-6
+    assert main(args + ["--pixel-threshold", "1.5"]) == 2
