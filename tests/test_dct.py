@@ -91,6 +91,33 @@ def test_stream_values_are_clipped_integers_and_extra_inputs_shapes():
         tiling.parse_dct("0,10")
 
 
+def test_image_stream_sliced_per_tile_equals_the_per_tile_stream():
+    """The runtime transforms the image once and slices each tile's stream (fill_extra): on a real
+    JPEG with overlapping tiles, off-grid border tiles and a padded edge, the values equal
+    extra_inputs' per-tile transform (the float products differ only in BLAS blocking; a rounding
+    tie could flip one coefficient, and none does here)."""
+    dec, data = _jpeg(_smooth(203, 261, seed=5), 85)  # not a multiple of 8: border tiles off the grid
+    q = D.read_qtable(data)
+    spec = tiling.TileSpec(tile=64, overlap=16)
+    origins = tiling.tile_origins(*dec.shape[:2], spec)
+    assert any(y % 8 or x % 8 for y, x in origins)
+    tiles = tiling.cut_tiles(dec, origins, 64)
+    tables = D.tile_tables(q, origins)
+    ref = tiling.extra_inputs(tiles, tables, (24, 10))
+    stream = D.image_stream(dec, q, 24, 10)
+    assert stream.dtype == np.uint8 and stream.shape == (24, 203 // 8, 261 // 8)
+    out = tiling.extra_buffers(len(tiles), 64, (24, 10))
+    tiling.fill_extra(out, tiles, tables, (24, 10), origins, stream)
+    assert np.array_equal(out["qtable"], ref["qtable"])
+    assert np.count_nonzero(out["dct"] != ref["dct"]) == 0
+    # a padded tile (the image is smaller than the tile) is transformed on its own, as before
+    small = dec[:40, :56]
+    t1 = tiling.cut_tiles(small, [(0, 0)], 64)
+    one = tiling.extra_buffers(1, 64, (24, 10))
+    tiling.fill_extra(one, t1, q[None], (24, 10), [(0, 0)], D.image_stream(small, q, 24, 10))
+    assert np.array_equal(one["dct"], tiling.extra_inputs(t1, q[None], (24, 10))["dct"])
+
+
 torch = pytest.importorskip("torch")
 
 

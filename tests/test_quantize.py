@@ -324,6 +324,17 @@ def test_int8_cpu_with_the_dct_stream_keeps_its_inputs_exact(calib, small_val, t
     producers = {o: n for n in m.graph.node for o in n.output}
     embed = next(n for n in m.graph.node if n.op_type == "Conv" and "/dct/embed" in n.name)
     assert producers[embed.input[1]].op_type == "DequantizeLinear"  # the one-hot's conv runs in INT8
+    # ... reading the one-hot as uint8 straight from the comparison (quantize.onehot): no float
+    # Cast, no QuantizeLinear between Equal and the conv's DequantizeLinear (scale 1, zero point 0)
+    from onnx import TensorProto, numpy_helper
+
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    dq = producers[embed.input[0]]
+    assert dq.op_type == "DequantizeLinear" and float(init[dq.input[1]]) == 1.0 and int(init[dq.input[2]]) == 0
+    src = producers[dq.input[0]]
+    src = producers[src.input[0]] if src.op_type == "Reshape" else src
+    assert src.op_type == "Cast" and src.attribute[0].i == TensorProto.UINT8
+    assert producers[src.input[0]].op_type == "Equal"
     tiles, tables = as_jpeg(np.random.default_rng(1).integers(0, 256, (3, T, T, 3), dtype=np.uint8))
     fq, mq = onnx_runner(res.onnx, T)(tiles, tables)
     x = torch.from_numpy(tiling.normalize(tiles))

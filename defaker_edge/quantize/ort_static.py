@@ -90,6 +90,10 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
         # ORT's recommended pre-pass: shape inference + graph optimization so Conv+BN etc. fold
         # before Q/DQ placement (otherwise BN stays a separate FP32 op between quantized convs).
         quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+        from .onehot import overrides, uint8_onehot
+
+        # the DCT stream's one-hot is 0/1: uint8 at scale 1 exactly (quantize.onehot)
+        extra.setdefault("TensorQuantOverrides", {}).update(overrides(pre))
         qout = Path(tmp) / "q.onnx" if raw_input else out
         root = logging.getLogger()
         level = root.level
@@ -119,6 +123,8 @@ def quantize_ort_static(fp32_onnx: str | Path, out: str | Path, calib: np.ndarra
                 log.warning("the front conv's weights are rounded by INT8 (relative error %.2g): its filters "
                             "are not the fixed residual taps", err)
             uint8_input(qout, out, {WEIGHT_ERROR_KEY: repr(err)})
+        if extra["TensorQuantOverrides"]:
+            uint8_onehot(out)
     return out
 
 

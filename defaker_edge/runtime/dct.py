@@ -74,13 +74,40 @@ def _basis(n_freq: int) -> np.ndarray:
     return np.ascontiguousarray((d[u][:, :, None] * d[v][:, None, :]).reshape(n_freq, 64).T, dtype=np.float32)
 
 
+# rows of blocks per matrix product: small enough that OpenBLAS runs each on the calling thread.
+# Why: one [16384, 64] x [64, 24] product (a 1024² image) woke OpenBLAS's thread pool, which then
+# span on the cores ONNX Runtime needed next (up to 1.26x slower runs) and fought the other prep
+# thread (measured under load, 2-core Zen 4: 8.0 ms threaded vs 0.7 ms in chunks of 512, one thread).
+# numpy only: no threadpoolctl in the runtime's dependencies, and no process-wide BLAS setting.
+_GEMM_ROWS = 512
+
+
+def _coefficients(blocks: np.ndarray, n_freq: int) -> np.ndarray:
+    """float32 [M, 64] level-shifted luma blocks -> [M, n_freq] DCT coefficients (see _GEMM_ROWS)."""
+    basis = _basis(n_freq)
+    out = np.empty((blocks.shape[0], n_freq), np.float32)
+    for a in range(0, blocks.shape[0], _GEMM_ROWS):
+        np.matmul(blocks[a:a + _GEMM_ROWS], basis, out=out[a:a + _GEMM_ROWS])
+    return out
+
+
+def _quantize(coef: np.ndarray, q: np.ndarray, clip: int) -> np.ndarray:
+    """In place: coef [..., F] / q [..., F] (0: step 1), rounded, |.|, clipped to `clip`."""
+    coef /= np.where(q > 0, q, np.float32(1.0))
+    np.rint(coef, out=coef)
+    np.abs(coef, out=coef)
+    np.minimum(coef, np.float32(clip), out=coef)
+    return coef
+
+
 def dct_stream(tiles: np.ndarray, qtables: np.ndarray, n_freq: int, clip: int) -> np.ndarray:
     """uint8 tiles [N, T, T, 3] + luma tables [N, 64] (natural order; all zeros = none) ->
     float32 [N, n_freq, T/8, T/8]: min(|round(DCT(Y) / q)|, clip) for the first `n_freq` AC
     frequencies, per 8×8 block of each tile's own grid.
 
     Cost, 9 tiles of 512 (a 1024² check), 2 cores: luma by table lookup, one transpose into
-    blocks and one [36864, 64] x [64, 24] GEMM, ~15 ms (the separable all-64 version took ~30)."""
+    blocks and one [36864, 64] x [64, 24] GEMM, ~15 ms (the separable all-64 version took ~30).
+    The runtime computes the stream once per image instead (image_stream) and slices it."""
     n, t = tiles.shape[:2]
     if t % BLOCK or tiles.shape[2] % BLOCK:
         raise ValueError(f"tiles must be a multiple of {BLOCK} px, got {tiles.shape[1:3]}")
@@ -91,12 +118,43 @@ def dct_stream(tiles: np.ndarray, qtables: np.ndarray, n_freq: int, clip: int) -
         raise ValueError(f"{n} tiles but {q.shape[0]} quantization tables")
     h, w = t // BLOCK, tiles.shape[2] // BLOCK
     blocks = luma(tiles).reshape(n, h, BLOCK, w, BLOCK).transpose(0, 1, 3, 2, 4).reshape(-1, 64)
-    coef = (blocks @ _basis(n_freq)).reshape(n, h * w, n_freq)
-    coef /= np.where(q > 0, q, 1.0)[:, None, frequencies(n_freq)]
-    np.rint(coef, out=coef)
-    np.abs(coef, out=coef)
-    np.minimum(coef, np.float32(clip), out=coef)
+    coef = _coefficients(blocks, n_freq).reshape(n, h * w, n_freq)
+    _quantize(coef, q[:, None, frequencies(n_freq)], clip)
     return np.ascontiguousarray(coef.transpose(0, 2, 1)).reshape(n, n_freq, h, w)
+
+
+# block rows per band of image_stream: a band's luma and blocks stay in cache (a 1024² image in
+# bands of 8 block rows: 4.2 ms against 8.6 ms for the whole image at once)
+_BAND = 8
+
+
+def image_stream(img: np.ndarray, qtable: np.ndarray | None, n_freq: int, clip: int) -> np.ndarray:
+    """uint8 [H, W, 3] + the file's luma table (None or zeros: none) -> uint8 [n_freq, H//8, W//8]:
+    dct_stream's values for every whole 8×8 block of the image's own grid, computed once.
+
+    A tile whose origin is on the grid and which lies inside the whole blocks reads its stream as
+    a slice (stream_tile): a 1024² check's 9 overlapping tiles cost one image's transform, not 9
+    tiles' (1.8x the pixels). uint8 holds the values exactly (clip <= 127) in a quarter of the memory."""
+    h, w = img.shape[0] // BLOCK, img.shape[1] // BLOCK
+    q = NO_TABLE if qtable is None else np.asarray(qtable, np.float32).reshape(64)
+    qf = q[frequencies(n_freq)]
+    out = np.empty((n_freq, h, w), np.uint8)
+    for a in range(0, h, _BAND):
+        b = min(h, a + _BAND)
+        y = luma(img[None, a * BLOCK:b * BLOCK, :w * BLOCK])[0]
+        blocks = y.reshape(b - a, BLOCK, w, BLOCK).transpose(0, 2, 1, 3).reshape(-1, 64)
+        coef = _quantize(_coefficients(blocks, n_freq), qf, clip)
+        out[:, a:b] = coef.reshape(b - a, w, n_freq).transpose(2, 0, 1)
+    return out
+
+
+def stream_tile(stream: np.ndarray, y: int, x: int, tile: int) -> np.ndarray | None:
+    """The [F, T/8, T/8] slice of image_stream's output for the tile at (y, x), or None when the tile
+    is off the grid or reaches past the image's whole blocks (it needs its own dct_stream)."""
+    t = tile // BLOCK
+    if y % BLOCK or x % BLOCK or y // BLOCK + t > stream.shape[1] or x // BLOCK + t > stream.shape[2]:
+        return None
+    return stream[:, y // BLOCK:y // BLOCK + t, x // BLOCK:x // BLOCK + t]
 
 
 def read_qtable(src) -> np.ndarray:

@@ -27,7 +27,7 @@ from PIL import Image as PILImage
 from ..data.io import DEFAULT_DECODE_TIMEOUT, DEFAULT_MAX_PIXELS, ImageSource, clean_error, load_image
 from ..errors import ArtifactError, DefakerError
 from . import tiling
-from .dct import read_qtable, tile_tables
+from .dct import image_stream, read_qtable, tile_tables
 from .backends.base import Backend, BackendUnavailable
 from .package import (FileEntry, Golden, Package, golden_mismatch, load_golden, load_package, resolve_package_dir,
                       verify_file)
@@ -198,6 +198,8 @@ class _Job:
     # compression-history stream's second input
     qtable: np.ndarray | None = None
     source: str | None = None  # the path the image came from (Verdict.source)
+    # the stream's coefficients of the whole image, computed once (dct.image_stream), sliced per tile
+    stream: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -609,8 +611,11 @@ class Detector:
                     continue
                 k = len(refs)
                 tp = time.perf_counter()
+                if backend.dct and job.stream is None:
+                    job.stream = self._image_stream(job.img, job.qtable, backend.dct)
                 self._prepare(job.img, job.origins[i:i + take], bufs[cur][k:k + take], fmt,
-                              {n: v[k:k + take] for n, v in ebufs[cur].items()}, job.qtable, backend.dct)
+                              {n: v[k:k + take] for n, v in ebufs[cur].items()}, job.qtable, backend.dct,
+                              job.stream)
                 job.prep_ms += (time.perf_counter() - tp) * 1e3
                 refs.extend((job, j) for j in range(i, i + take))
                 i += take
@@ -630,10 +635,10 @@ class Detector:
 
     def _prepare(self, img: np.ndarray, origins: list[tuple[int, int]], out: np.ndarray, fmt: str,
                  extra: dict[str, np.ndarray] | None = None, qtable: np.ndarray | None = None,
-                 dct: tuple[int, int] | None = None) -> None:
+                 dct: tuple[int, int] | None = None, stream: np.ndarray | None = None) -> None:
         """Cut `origins` from img into `out` as the backend's input (`fmt`: normalized float, or the
         INT8-CPU model's raw pixels), and the compression-history inputs into `extra` when the model
-        takes them, in parallel when it pays."""
+        takes them (sliced from the image's `stream` where the grid allows), in parallel when it pays."""
         T = self.spec.tile
         n = len(origins)
         tables = tile_tables(qtable, origins) if (dct and qtable is not None) else None
@@ -641,8 +646,9 @@ class Detector:
         def fill(a: int, b: int) -> None:
             tiles = tiling.cut_tiles(img, origins[a:b], T)
             tiling.prepare(tiles, fmt, out=out[a:b])
-            for k, v in tiling.extra_inputs(tiles, None if tables is None else tables[a:b], dct).items():
-                extra[k][a:b] = v
+            if dct:
+                tiling.fill_extra({k: v[a:b] for k, v in extra.items()}, tiles,
+                                  None if tables is None else tables[a:b], dct, origins[a:b], stream)
 
         if self._prep is None or n < 2:
             fill(0, n)
@@ -652,6 +658,16 @@ class Detector:
         futs = [self._prep.submit(fill, bounds[j], bounds[j + 1]) for j in range(parts)]
         for f in futs:
             f.result()
+
+    def _image_stream(self, img: np.ndarray, qtable: np.ndarray | None, dct: tuple[int, int]) -> np.ndarray:
+        """dct.image_stream of the whole image, its row bands split over the prep threads."""
+        h = img.shape[0] // 8
+        parts = min(self._prep_n, max(1, h // 16)) if self._prep is not None else 1
+        if parts < 2:
+            return image_stream(img, qtable, *dct)
+        cuts = [round(j * h / parts) * 8 for j in range(parts + 1)]
+        futs = [self._prep.submit(image_stream, img[a:b], qtable, *dct) for a, b in zip(cuts, cuts[1:])]
+        return np.concatenate([f.result() for f in futs], axis=1)
 
     def _finish(self, job: _Job, mask: str) -> Verdict:
         t = time.perf_counter()
@@ -681,6 +697,7 @@ class Detector:
             else:
                 t0 = time.perf_counter()
                 redo = _Job(name=job.name, img=job.img, origins=job.origins, qtable=job.qtable, source=job.source,
+                            stream=job.stream,
                             logits=np.full(job.n, np.nan, np.float32),
                             stitcher=MaskStitcher(*job.img.shape[:2], self.spec.tile, self.spec.overlap)
                             if job.stitcher is not None else None)
@@ -751,7 +768,7 @@ class Detector:
                     raise
                 v = e
             finally:
-                job.img = None  # let the pixels go before the next image decodes
+                job.img = job.stream = None  # let the pixels go before the next image decodes
             yield v
 
     def info(self) -> dict[str, Any]:

@@ -225,6 +225,33 @@ def extra_inputs(tiles: np.ndarray, tables: np.ndarray | None, dct: tuple[int, i
     return {"dct": dct_stream(tiles, q, *dct), "qtable": np.ascontiguousarray(q, dtype=np.float32)}
 
 
+def fill_extra(out: dict[str, np.ndarray], tiles: np.ndarray, tables: np.ndarray | None,
+               dct: tuple[int, int] | None, origins: list[tuple[int, int]] | None = None,
+               stream: np.ndarray | None = None) -> None:
+    """extra_inputs written into `out` (extra_buffers' arrays, one row per tile), reading each tile's
+    coefficients from `stream` (dct.image_stream of the whole image; `origins` the tiles' (y, x))
+    where the tile is a slice of it, and transforming only the others (off the grid, or past the
+    image's whole blocks). The same values as extra_inputs: a slice sees the same 8x8 blocks."""
+    if dct is None:
+        return
+    from .dct import NO_TABLE, dct_stream, stream_tile
+
+    n, tile = len(tiles), tiles.shape[1]
+    q = np.broadcast_to(NO_TABLE, (n, 64)) if tables is None else np.asarray(tables, np.float32).reshape(n, 64)
+    out["qtable"][:n] = q
+    rest = list(range(n))
+    if stream is not None and origins is not None:
+        rest = []
+        for k, (y, x) in enumerate(origins):
+            s = stream_tile(stream, y, x, tile)
+            if s is None:
+                rest.append(k)
+            else:
+                out["dct"][k] = s
+    if rest:
+        out["dct"][rest] = dct_stream(tiles[rest], q[rest], *dct)
+
+
 def extra_buffers(n: int, tile: int, dct: tuple[int, int] | None) -> dict[str, np.ndarray]:
     """Empty batch buffers for `extra_inputs` of `n` tiles ({} for a model without the stream)."""
     if dct is None:
