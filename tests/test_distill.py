@@ -275,6 +275,11 @@ def test_program_resumes_from_committed_state_and_keeps_a_ledger(manifest, tmp_p
     assert lines[-1]["heldout"]["all"]["n"] == 6 and lines[-1]["cpu"] and lines[-1]["weights_sha256"]
     assert lines[-1]["examples"] == lines[-1]["step"] * 4
     assert (state / "optimizer.pt").is_file() and (state / "student" / "model.safetensors").is_file()
+    snap = state / lines[-1]["snapshot"]  # the scored weights, kept in float16 for a snapshot ensemble
+    from safetensors.torch import load_file
+
+    w = load_file(str(snap))
+    assert w and all(v.dtype == torch.float16 for k, v in w.items() if "num_batches" not in k)
     # a fresh clone: no scratch dir, only what git holds; the program continues from its step and CPU time
     second = session(tmp_path / "w2")
     assert second.lines[0]["step"] > lines[-1]["step"]

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 STUDENT = "student"  # the state dir's student (config.json + model.safetensors)
 OPTIM = "optimizer.pt"  # step, examples, CPU seconds, and AdamW's moments (bfloat16)
 SCORES = "heldout_scores.json"  # the last held-out evaluation, image by image (for the bootstrap)
+SNAPSHOTS = "snapshots"  # float16 weights of every held-out-scored checkpoint
 
 
 @dataclass
@@ -209,6 +210,7 @@ def train_session(cfg: ProgramConfig) -> SessionResult:
             t0 = time.time()
             line["heldout"] = _score_into(state_dir, student, held, cfg.heldout, info["step"], sha)
             line["heldout_eval_s"] = round(time.time() - t0, 1)
+            line["snapshot"] = _snapshot(state_dir, student, info["step"])
             last_eval[0] = time.time()
             log.info("program: step %d held-out %s", info["step"], json.dumps(line["heldout"]["all"]))
         _append(ledger, line)
@@ -220,6 +222,20 @@ def train_session(cfg: ProgramConfig) -> SessionResult:
                          eval_max=0, weights=cfg.weights, workers=cfg.workers)
     distill(dcfg, on_checkpoint=on_ckpt)
     return SessionResult(state_dir, ledger, lines)
+
+
+def _snapshot(state_dir: Path, student, step: int) -> str:
+    """The scored weights in float16 (~0.8 MB), kept: a snapshot ensemble of the ledger's checkpoints is
+    a teacher at no extra training cost (the stand-in until DeFakerOne weights can be loaded)."""
+    from safetensors.torch import save_file
+
+    rel = f"{SNAPSHOTS}/step-{step:07d}.safetensors"
+    path = state_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).cpu().contiguous()
+          for k, v in student.state_dict().items()}
+    save_file(sd, str(path), metadata={"format": "defaker-student/1", "step": str(step)})
+    return rel
 
 
 def _score_into(state_dir: Path, model, held, heldout: str, step: int, sha: str) -> dict[str, Any]:
@@ -242,7 +258,8 @@ def eval_state(state: str, heldout: str, eval_max: int, ledger: str) -> dict[str
     sha = sha256_file(state_dir / STUDENT / "model.safetensors")
     line = {"time": utc_now(), "kind": "eval", "step": int(meta["step"]), "examples": int(meta["examples"]),
             "cpu_hours": round(float(meta["cpu_s"]) / 3600.0, 3), "cpu": cpu_name(), "weights_sha256": sha,
-            "heldout": _score_into(state_dir, model, held, heldout, int(meta["step"]), sha)}
+            "heldout": _score_into(state_dir, model, held, heldout, int(meta["step"]), sha),
+            "snapshot": _snapshot(state_dir, model, int(meta["step"]))}
     _append(Path(ledger), line)
     return line
 
