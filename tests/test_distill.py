@@ -284,6 +284,12 @@ def test_program_resumes_from_committed_state_and_keeps_a_ledger(manifest, tmp_p
     second = session(tmp_path / "w2")
     assert second.lines[0]["step"] > lines[-1]["step"]
     assert second.lines[-1]["cpu_hours"] >= lines[-1]["cpu_hours"]
+    # `train eval` scores the committed state (after a GPU call that could not): a ledger line of its own
+    from defaker_edge.distill.program import eval_state
+
+    ev = eval_state(str(state), manifest, 5, str(ledger))
+    assert ev["kind"] == "eval" and ev["step"] == second.lines[-1]["step"] and ev["heldout"]["all"]["n"] == 5
+    assert json.loads(ledger.read_text().splitlines()[-1]) == ev and (state / ev["snapshot"]).is_file()
     # the comparison of the last held-out scores with themselves is no gain, so no promotion
     res = compare(str(state / "heldout_scores.json"), str(state / "heldout_scores.json"), reps=50)
     assert res["promote"] is False and res["slices"]["all"]["auc_delta"]["value"] == 0.0
