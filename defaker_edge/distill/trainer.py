@@ -214,7 +214,7 @@ def distill(cfg: DistillConfig, teacher: Any = None) -> DistillResult:
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
     t_start = time.time()
     net.train()
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="distill", disable=not d.main,
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="distill", disable=None if d.main else True,
                dynamic_ncols=True)
     for step in bar:
         b = {k: v.to(d.device) for k, v in sampler.batch(step, d.rank * local, local).items()}
