@@ -41,7 +41,8 @@ Exit status:
   0  every image was read and judged
   1  --fail-on-fake and at least one image was judged fake
   2  usage error, or the package could not be loaded (nothing was checked)
-  3  some inputs could not be read (each has an error line); wins over 1
+  3  some inputs could not be read: files, folders that cannot be listed (given, in an @list, or
+     under --recursive), list files; each has its own error line and the rest were checked; wins over 1
 """
 
 SERVE_EPILOG = """\
