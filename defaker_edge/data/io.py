@@ -17,7 +17,9 @@ hostile file never reaches a risky decoder (EPS, for example, runs Ghostscript).
 
 Bounded work per image (hostile files): a file is read header first (junk is refused before the
 rest is read); a JPEG's markers are walked before decoding (more than MAX_JPEG_SCANS scans, or
-fewer bytes than its claimed pixels need, is refused); a PNG's data must be able to hold its
+fewer bytes than its claimed pixels need, is refused, and so is padding: a run of zero bytes in a
+scan longer than _padding_bound, or more than MAX_JUNK bytes after the end-of-image marker that
+are not an appended JPEG, MP4 or Samsung trailer); a PNG's data must be able to hold its
 claimed pixels; and decoding checks a wall-clock deadline (`decode_timeout` seconds per 10 MP)
 each time Pillow's incremental decoder asks for more data (at most READ_CHUNK bytes), so a file
 that is slow to decode stops within about the limit instead of holding a core for minutes.
