@@ -215,6 +215,8 @@ def train_session(cfg: ProgramConfig) -> SessionResult:
             log.info("program: step %d held-out %s", info["step"], json.dumps(line["heldout"]["all"]))
         _append(ledger, line)
         lines.append(line)
+        log.info("program: step %d, %d examples, %.3f CPU hours, loss %s", info["step"], line["examples"],
+                 line["cpu_hours"], line["train_loss"])
 
     dcfg = DistillConfig(data=cfg.data, out=str(work), init=init, resume=resume, steps=10 ** 9,
                          minutes=cfg.minutes, ckpt_minutes=cfg.ckpt_minutes, ckpt_every=10 ** 9, lr=cfg.lr,

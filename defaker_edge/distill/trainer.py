@@ -255,7 +255,8 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
                            "cpu_s": cpu_s, "final": final, "path": ckpt})
             net.train()
 
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="distill", disable=not d.main,
+    # a bar on a terminal only (None: tqdm's own test); logs and pipes get the checkpoints' lines
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="distill", disable=None if d.main else True,
                dynamic_ncols=True)
     batches = _batches(sampler, range(start, end), d.rank * local, local, cfg.workers)
     for step in bar:
