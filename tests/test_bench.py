@@ -122,11 +122,11 @@ def test_accuracy_matches_the_runtime(bench_run):
     recs = []
     for s in load_dataset(data):
         v = det.check(s.image)
-        pix = pixel_scores(v.mask, load_mask(s.mask)[0]) if s.mask else None
+        pix = pixel_scores(v.heatmap, load_mask(s.mask)[0], threshold=v.pixel_threshold) if s.mask else None
         recs.append(Record(s.label, v.fake_prob, s.domain, pix))
     want = summarize(recs, det.package.thresholds.threshold)
     got = _row(acc, "fp32")["metrics"]
-    for k in ("image_auc", "balanced_acc", "pixel_f1", "pixel_f1_best", "pixel_iou"):
+    for k in ("image_auc", "balanced_acc", "pixel_f1", "pixel_f1_best", "pixel_iou", "pixel_auc"):
         assert got["overall"][k] == pytest.approx(want["overall"][k]), k
     assert set(got["per_domain"]) == {"natural", "document"}
     f32 = _row(acc, "fp32")["agreement"]["vs_fp32"]

@@ -300,3 +300,25 @@ def test_batch_workers_do_not_change_the_run(manifest, tmp_path):
     a = distill(small_cfg(manifest, tmp_path / "a", eval_max=0, steps=4))
     b = distill(small_cfg(manifest, tmp_path / "b", eval_max=0, steps=4, workers=2))
     assert [h["loss"] for h in a.report["losses"]] == [h["loss"] for h in b.report["losses"]]
+
+
+def test_sigterm_ends_a_session_like_its_budget(manifest, tmp_path):
+    """A hard stop coming (SIGTERM): the session checkpoints, scores the held-out set, logs, exits 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    init = distill(small_cfg(manifest, tmp_path / "init", steps=1, eval_max=0, student="block-s")).out
+    ledger = tmp_path / "ledger.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "defaker_edge", "train", "run", "--data", manifest, "--heldout", manifest,
+                          "--minutes", "30", "--eval-max", "4", "--state", str(tmp_path / "state"), "--ledger",
+                          str(ledger), "--work", str(tmp_path / "work"), "--init", str(init), "--batch", "2",
+                          "--crop", "64", "--threads", "1"], stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # imports, decoding, a few steps
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-1500:]
+    assert "stopping after this step" in err
+    last = json.loads(ledger.read_text().splitlines()[-1])
+    assert last["step"] >= 1 and last["heldout"]["all"]["n"] == 4

@@ -17,9 +17,12 @@ more than the bootstrap noise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,8 +225,35 @@ def train_session(cfg: ProgramConfig) -> SessionResult:
                          minutes=cfg.minutes, ckpt_minutes=cfg.ckpt_minutes, ckpt_every=10 ** 9, lr=cfg.lr,
                          batch=cfg.batch, crop=cfg.crop, seed=cfg.seed, bf16=cfg.bf16, threads=cfg.threads,
                          eval_max=0, weights=cfg.weights, workers=cfg.workers)
-    distill(dcfg, on_checkpoint=on_ckpt)
+    with _graceful_stop():
+        distill(dcfg, on_checkpoint=on_ckpt)
     return SessionResult(state_dir, ledger, lines)
+
+
+@contextlib.contextmanager
+def _graceful_stop():
+    """SIGTERM or a first Ctrl-C ends the session at the next step, as its budget would (checkpoint,
+    held-out scores, ledger line); a second Ctrl-C interrupts at once. Main thread only."""
+    from .trainer import STOP
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        if STOP.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("program: %s: stopping after this step (checkpoint, held-out scores)", signal.Signals(signum).name)
+        STOP.set()
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    STOP.clear()
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        STOP.clear()
 
 
 def _snapshot(state_dir: Path, student, step: int) -> str:
