@@ -23,7 +23,6 @@ CALIB_N=${CALIB_N:-128}   # ModelOpt fake-quant calibration is ~1 s per tile on 
 PRUNE_STEPS=${PRUNE_STEPS:-0}
 PRUNE_EVAL=${PRUNE_EVAL:-600}
 TEACHER=models/reference-teacher
-PKG=defaker_edge/models/default
 DATA=$WORK/data/manifest.jsonl
 # bf16 autocast on CPUs that have it natively (1.2-1.6x faster steps on a Zen 4; see distill --help)
 BF16=$(grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null && echo --bf16 || true)
@@ -86,33 +85,4 @@ else
   cp "$UNPRUNED/config.json" "$UNPRUNED/model.safetensors" "$UNPRUNED/report.json" models/default-student/
 fi
 
-say "calibration set and thresholds"
-rm -rf "$WORK/calib"
-$BIN/defaker calibrate build --data "$DATA" --out "$WORK/calib"
-$BIN/defaker calibrate thresholds --model models/default-student --data "$DATA"
-
-for p in int8-cpu int8 fp8; do
-  say "quantize $p"
-  rm -rf "$WORK/q-$p"
-  # fp8 is kept as a recipe, not shipped: ORT's CPU emulation of FP8 Q/DQ does not predict what
-  # TensorRT's FP8 kernels do, so its gate fails here (--force writes it to $WORK/q-fp8 anyway, for
-  # `defaker engine build` on an FP8 GPU). Only files that passed their gate go into the package.
-  $BIN/defaker quantize --model models/default-student --calib "$WORK/calib" --precision "$p" \
-    --data "$DATA" --calib-n "$CALIB_N" --out "$WORK/q-$p" $([ "$p" = fp8 ] && echo --force || echo --auto-exclude)
-done
-
-say "thresholds: widen the uncertainty band to cover CPU INT8 disagreements"
-$BIN/defaker calibrate thresholds --model models/default-student --data "$DATA" \
-  --compare "$WORK/q-int8-cpu/model.onnx"
-
-say "export the package"
-$BIN/defaker export --model models/default-student --quantized "$WORK/q-int8" "$WORK/q-int8-cpu" \
-  --data "$DATA" --out "$PKG" --force
-# the shipped package must not carry a file whose gate failed (the runtime would only load it by name)
-$BIN/python - "$PKG/manifest.json" <<'PY'
-import json, sys
-bad = [f["path"] for f in json.load(open(sys.argv[1]))["files"] if (f.get("gate") or {}).get("passed") is False]
-sys.exit(f"{sys.argv[1]}: files that failed their accuracy gate: {bad}" if bad else 0)
-PY
-$BIN/defaker package verify "$PKG"
-say "done: $PKG ($(du -sh "$PKG" | cut -f1))"
+FP8=1 NEW_CALIB=1 BIN=$BIN WORK=$WORK DATA=$DATA CALIB_N=$CALIB_N bash scripts/build_package.sh

@@ -51,22 +51,7 @@ json.dump({"format": "defaker-program-report/1", "step": last.get("step"), "exam
           open(sys.argv[1], "w"), indent=2)
 PY
 
-say "calibration set and thresholds (val split of $DATA)"
-[ -f "$WORK/calib/manifest.json" ] || $BIN/defaker calibrate build --data "$DATA" --out "$WORK/calib"
-$BIN/defaker calibrate thresholds --model models/default-student --data "$DATA"
-for p in int8-cpu int8; do
-  say "quantize $p"
-  rm -rf "$WORK/q-$p"
-  $BIN/defaker quantize --model models/default-student --calib "$WORK/calib" --precision "$p" \
-    --data "$DATA" --calib-n "$CALIB_N" --out "$WORK/q-$p" --auto-exclude
-done
-say "thresholds: widen the band to cover CPU INT8 disagreements"
-$BIN/defaker calibrate thresholds --model models/default-student --data "$DATA" \
-  --compare "$WORK/q-int8-cpu/model.onnx"
-say "export"
-$BIN/defaker export --model models/default-student --quantized "$WORK/q-int8" "$WORK/q-int8-cpu" \
-  --data "$DATA" --out "$PKG" --force
-$BIN/defaker package verify "$PKG"
+NEW_CALIB=0 BIN=$BIN WORK=$WORK DATA=$DATA CALIB_N=$CALIB_N bash scripts/build_package.sh
 
 say "ledger: promotion line; the promoted student is the new baseline"
 cp "$STATE/heldout_scores.json" "$STATE/baseline_scores.json"
