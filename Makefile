@@ -16,7 +16,7 @@ RT_STAMP := $(RT_VENV)/.installed
 # a non-editable install copies the sources: refresh it when any of them changes
 RT_SOURCES := $(shell find defaker_edge -type f -not -name '*.pyc' 2>/dev/null)
 
-.PHONY: setup demo test runtime-check test-slow default-model bench clean lint
+.PHONY: setup demo test runtime-check test-slow default-model train bench clean lint
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,6 +48,10 @@ test-slow: $(STAMP)
 
 default-model: $(STAMP)
 	bash scripts/default_model.sh
+
+# One session of the default model's training program (resumes models/program; MINUTES=100)
+train: $(STAMP)
+	bash scripts/train_session.sh
 
 # The committed benchmark (about an hour on an idle 2-core machine; the 2B teacher needs ~11 GB).
 bench: $(STAMP)
