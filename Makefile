@@ -1,7 +1,8 @@
 # Two commands from a fresh clone:  `make demo`  and  `make test`.
 # `make test` creates or refreshes .venv with the build install: torch 2.13.0 (these machines carry
 # its CPU wheel on disk; elsewhere pass TORCH_INDEX=https://download.pytorch.org/whl/cpu, or the
-# public index's default torch is a CUDA build) plus `.[build,dev]`. torchvision and tensorrt are
+# public index's default torch is a CUDA build) plus `.[build,dev,bulk]` (bulk: Ray Data, for the
+# `defaker bulk` tests). torchvision and tensorrt are
 # never installed here.
 # `make demo` uses what a device installs: .venv-runtime with `pip install .` (no torch).
 PY ?= python3
@@ -26,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install -q -e ".[build,dev]"
+	$(BIN)/python -m pip install -q -e ".[build,dev,bulk]"
 	touch $(STAMP)
 
 $(RT_STAMP): pyproject.toml Makefile $(RT_SOURCES)

@@ -28,6 +28,7 @@ STAGES = [
     ("defaker_edge.quantize.cli", ("quantize",)),
     ("defaker_edge.export.cli", ("export", "package", "engine")),
     ("defaker_edge.runtime.cli", ("check", "serve")),
+    ("defaker_edge.bulk.cli", ("bulk",)),
     ("defaker_edge.bench.cli", ("bench",)),
 ]
 
@@ -37,6 +38,7 @@ BUILD_MODULES = {"torch", "torchvision", "transformers", "peft", "modelopt", "on
                  "onnx_graphsurgeon", "polygraphy", "onnxconverter_common", "safetensors", "cv2", "skimage",
                  "matplotlib", "sklearn", "scipy", "requests"}
 GPU_MODULES = {"tensorrt", "cuda"}
+BULK_MODULES = {"ray", "pyarrow"}
 GROUPS = {"data", "teacher", "calibrate", "package", "engine", "train"}  # commands with sub-commands
 
 EPILOG = """\
@@ -49,6 +51,7 @@ The pipeline, stage by stage (each reads an artifact directory and writes one):
   defaker quantize --model P --calib C --precision int8 --out Q
   defaker export --model P --quantized Q --out PKG
   defaker check photo.jpg --package PKG --json                    what a device runs
+  defaker bulk photos/ s3://bucket/imgs/ --out results/           many images on Ray Data (bulk extra)
   defaker bench --package PKG --data M --out R
 
 `make default-model` runs all of it; `defaker check IMG` uses the shipped default package.
@@ -58,7 +61,8 @@ Exit status:
   0  done (for check: every image was read and judged)
   1  check --fail-on-fake: at least one image was judged fake
   2  usage error, missing/invalid package or artifact, or a command needing an extra not installed
-  3  check: some inputs could not be read (each has its own error line); wins over 1
+  3  check, bulk: some inputs (files, folders, list files) could not be read (each has its own
+     error line or row; the others were checked); wins over 1
 """
 
 
@@ -113,11 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ModuleNotFoundError as e:
         root = (e.name or "").split(".")[0]
-        if root not in BUILD_MODULES | GPU_MODULES:
+        if root not in BUILD_MODULES | GPU_MODULES | BULK_MODULES:
             raise
         words = [a for a in argv if not a.startswith("-")][:2]
         name = " ".join(words if words[0] in GROUPS else words[:1])
         extra = ('build extra: pip install ".[build]"' if root in BUILD_MODULES
+                 else "bulk extra: pip install '.[bulk]'" if root in BULK_MODULES
                  else 'gpu extra: pip install ".[gpu]" --extra-index-url https://pypi.nvidia.com')
         print(f"defaker {name} needs the {extra} (no module named {root!r})", file=sys.stderr)
         return 2

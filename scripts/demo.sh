@@ -25,7 +25,8 @@ if [ -f defaker_edge/models/default/manifest.json ]; then
 import json, sys
 r = json.load(open(sys.argv[1]))["overall"]
 print(f"samples: n={r['n']}  image AUC={r['image_auc']:.3f}  balanced acc={r['balanced_acc']:.3f} "
-      f"(at the package threshold {float(sys.argv[2]):.3f})  pixel F1={r['pixel_f1']:.3f}", file=sys.stderr)
+      f"(at the package threshold {float(sys.argv[2]):.3f})  pixel F1={r['pixel_f1']:.3f} (binary mask, at the "
+      f"package's pixel threshold; best cut {r['pixel_f1_best']:.3f}, pixel AUC {r['pixel_auc']:.3f})", file=sys.stderr)
 PY
   echo "masks and overlays in $OUT/masks" >&2
 else

@@ -1,7 +1,7 @@
 """Turn `defaker check --json` lines into an eval predictions file (for the demo).
 
 usage: demo_score.py VERDICTS.jsonl MANIFEST.jsonl               -> predictions on stdout
-                                                                  (masks: each verdict's "mask" path)
+                                                                  (each verdict's "mask" and "heatmap")
        demo_score.py --oracle MANIFEST.jsonl                    -> ground truth as predictions
                                                                   (checks the metrics path only)
 """
@@ -35,8 +35,12 @@ def main(argv: list[str]) -> int:
         if v is None:
             continue
         mask = Path(v["mask"]) if v.get("mask") else None
-        print(json.dumps({"image": d["image"], "fake_prob": v["fake_prob"],
-                          "mask": str(mask.resolve()) if mask and mask.exists() else None}))
+        heat = Path(v["heatmap"]) if v.get("heatmap") else None
+        out = {"image": d["image"], "fake_prob": v["fake_prob"],
+               "mask": str(mask.resolve()) if mask and mask.exists() else None}
+        if heat and heat.exists():  # eval scores the heatmap at the package's pixel threshold
+            out.update(heatmap=str(heat.resolve()), pixel_threshold=v["pixel_threshold"])
+        print(json.dumps(out))
     return 0
 
 

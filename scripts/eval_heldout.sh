@@ -13,7 +13,9 @@ PKG=$1; MAN=$2; OUT=$3; shift 3
 PY=${PYTHON:-python}
 ROOT=$(cd "$(dirname "$MAN")" && pwd)
 mkdir -p "$OUT/masks"
-"$PY" -m defaker_edge check --package "$PKG" --json --mask-dir "$OUT/masks" "$@" "$ROOT/images" \
+OUT=$(cd "$OUT" && pwd)  # absolute: the mask paths in predictions.jsonl must resolve from anywhere
+# --overwrite: OUT/masks holds only this script's own outputs (a rerun replaces them)
+"$PY" -m defaker_edge check --package "$PKG" --json --mask-dir "$OUT/masks" --overwrite "$@" "$ROOT/images" \
   > "$OUT/predictions.jsonl"
 # balanced accuracy at the threshold the package itself decides with (every line carries it)
 THR=$("$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["threshold"])' "$OUT/predictions.jsonl")

@@ -122,11 +122,11 @@ def test_accuracy_matches_the_runtime(bench_run):
     recs = []
     for s in load_dataset(data):
         v = det.check(s.image)
-        pix = pixel_scores(v.mask, load_mask(s.mask)[0]) if s.mask else None
+        pix = pixel_scores(v.heatmap, load_mask(s.mask)[0], threshold=v.pixel_threshold) if s.mask else None
         recs.append(Record(s.label, v.fake_prob, s.domain, pix))
     want = summarize(recs, det.package.thresholds.threshold)
     got = _row(acc, "fp32")["metrics"]
-    for k in ("image_auc", "balanced_acc", "pixel_f1", "pixel_f1_best", "pixel_iou"):
+    for k in ("image_auc", "balanced_acc", "pixel_f1", "pixel_f1_best", "pixel_iou", "pixel_auc"):
         assert got["overall"][k] == pytest.approx(want["overall"][k]), k
     assert set(got["per_domain"]) == {"natural", "document"}
     f32 = _row(acc, "fp32")["agreement"]["vs_fp32"]
@@ -246,6 +246,44 @@ def test_compare_with_itself_and_cli(bench_run, tmp_path, capsys):
     assert printed["compare"]["rows"][0]["variant"] == "int8-cpu"
     assert printed["accuracy"][0]["status"] == "skipped" and printed["data"] is None
     assert [r["variant"] for r in printed["latency"]] == ["int8-cpu"]
+    assert printed["compare"]["warnings"] == ["one report has no accuracy data set"]
+
+
+def test_compare_warns_when_the_data_sets_differ(bench_run):
+    import copy
+
+    from defaker_edge.bench.compare import compare_markdown, compare_reports, compare_text
+
+    rep = bench_run[3].data
+    assert rep["data"]["n"] > 0 and len(rep["data"]["sha256"]) == 64
+    assert compare_reports(rep, rep)["warnings"] == []
+    small = copy.deepcopy(rep)
+    small["data"].update(n=7, sha256="f" * 64)
+    c = compare_reports(rep, small)
+    assert any("n=7 in the other report" in w for w in c["warnings"])
+    assert any("manifest sha256" in w for w in c["warnings"])
+    assert compare_text(c).startswith("WARNING: data sets differ") and "**Warning: data sets differ" in compare_markdown(c)
+
+
+def test_plot_titles_carry_n(bench_run, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from defaker_edge.bench.plots import pareto_plot
+
+    titles = []
+    real = Figure.suptitle
+    monkeypatch.setattr(Figure, "suptitle", lambda self, t, **kw: titles.append(t) or real(self, t, **kw))
+    rep = bench_run[3].data
+    pareto_plot(rep, tmp_path / "p.png")
+    assert f"n={rep['data']['n']} images" in titles[0]
+
+
+def test_progress_bars_only_on_a_terminal(capsys):
+    from defaker_edge.bench.latency import progress
+
+    assert list(progress(range(50), "x", mininterval=0)) == list(range(50))
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal: no bar drawn
 
 
 def test_clear_errors(tmp_path, capsys):

@@ -203,5 +203,8 @@ def test_paths_from_stdin_and_a_list_file(pkg, folder, tmp_path, capsys, monkeyp
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{d / 'alpha.png'}\n"))
     assert main(["check", "-", "--package", str(pkg), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["image"] == str(d / "alpha.png")
-    assert main(["check", f"@{tmp_path / 'nope.txt'}", "--package", str(pkg)]) == 2
-    assert "cannot read the list file" in capsys.readouterr().err
+    # a list that cannot be read is one error line (exit 3); the other inputs are still checked
+    assert main(["check", f"@{tmp_path / 'nope.txt'}", str(d / "small.jpg"), "--package", str(pkg), "--json"]) == 3
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert "cannot read the list file" in lines[0]["error"] and lines[1]["image"] == str(d / "small.jpg")
+    assert "fake_prob" in lines[1]

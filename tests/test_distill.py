@@ -275,10 +275,21 @@ def test_program_resumes_from_committed_state_and_keeps_a_ledger(manifest, tmp_p
     assert lines[-1]["heldout"]["all"]["n"] == 6 and lines[-1]["cpu"] and lines[-1]["weights_sha256"]
     assert lines[-1]["examples"] == lines[-1]["step"] * 4
     assert (state / "optimizer.pt").is_file() and (state / "student" / "model.safetensors").is_file()
+    snap = state / lines[-1]["snapshot"]  # the scored weights, kept in float16 for a snapshot ensemble
+    from safetensors.torch import load_file
+
+    w = load_file(str(snap))
+    assert w and all(v.dtype == torch.float16 for k, v in w.items() if "num_batches" not in k)
     # a fresh clone: no scratch dir, only what git holds; the program continues from its step and CPU time
     second = session(tmp_path / "w2")
     assert second.lines[0]["step"] > lines[-1]["step"]
     assert second.lines[-1]["cpu_hours"] >= lines[-1]["cpu_hours"]
+    # `train eval` scores the committed state (after a GPU call that could not): a ledger line of its own
+    from defaker_edge.distill.program import eval_state
+
+    ev = eval_state(str(state), manifest, 5, str(ledger))
+    assert ev["kind"] == "eval" and ev["step"] == second.lines[-1]["step"] and ev["heldout"]["all"]["n"] == 5
+    assert json.loads(ledger.read_text().splitlines()[-1]) == ev and (state / ev["snapshot"]).is_file()
     # the comparison of the last held-out scores with themselves is no gain, so no promotion
     res = compare(str(state / "heldout_scores.json"), str(state / "heldout_scores.json"), reps=50)
     assert res["promote"] is False and res["slices"]["all"]["auc_delta"]["value"] == 0.0
@@ -289,3 +300,25 @@ def test_batch_workers_do_not_change_the_run(manifest, tmp_path):
     a = distill(small_cfg(manifest, tmp_path / "a", eval_max=0, steps=4))
     b = distill(small_cfg(manifest, tmp_path / "b", eval_max=0, steps=4, workers=2))
     assert [h["loss"] for h in a.report["losses"]] == [h["loss"] for h in b.report["losses"]]
+
+
+def test_sigterm_ends_a_session_like_its_budget(manifest, tmp_path):
+    """A hard stop coming (SIGTERM): the session checkpoints, scores the held-out set, logs, exits 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    init = distill(small_cfg(manifest, tmp_path / "init", steps=1, eval_max=0, student="block-s")).out
+    ledger = tmp_path / "ledger.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "defaker_edge", "train", "run", "--data", manifest, "--heldout", manifest,
+                          "--minutes", "30", "--eval-max", "4", "--state", str(tmp_path / "state"), "--ledger",
+                          str(ledger), "--work", str(tmp_path / "work"), "--init", str(init), "--batch", "2",
+                          "--crop", "64", "--threads", "1"], stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # imports, decoding, a few steps
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err[-1500:]
+    assert "stopping after this step" in err
+    last = json.loads(ledger.read_text().splitlines()[-1])
+    assert last["step"] >= 1 and last["heldout"]["all"]["n"] == 4

@@ -195,3 +195,128 @@ def test_cli_gives_error_lines_for_hostile_jpegs_within_the_limit(pkg, tmp_path)
     assert "scans" in by["many_scans.jpg"]["error"] and "truncated" in by["short_sof.jpg"]["error"]
     assert "fake_prob" in by["ok.png"]
     assert time.monotonic() - t < 60  # a loose bound (process start + model load); the files cost ~0 s
+
+
+# ---- issue #24: padding after the last scan, and unreadable folders ----
+
+def _scan_header(a: np.ndarray) -> bytes:
+    """A JPEG's bytes up to and including its SOS header: what comes next is entropy-coded data."""
+    d = _jpeg(a, quality=90)
+    sos = d.find(b"\xff\xda")
+    return d[:sos + 2 + struct.unpack(">H", d[sos + 2:sos + 4])[0]]
+
+
+@pytest.mark.parametrize("side,mb", [(256, 1), (1024, 2), (1024, 8), (2048, 5)])
+def test_a_jpeg_header_followed_by_zeros_is_refused(side, mb):
+    a = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    data = _scan_header(a) + bytes(mb << 20)
+    t = time.perf_counter()
+    with pytest.raises(ImageError, match="run of more than .* zero bytes: refused as padding"):
+        load_image(data)
+    assert time.perf_counter() - t < 0.5  # refused by the marker walk, not by decoding
+
+
+def test_zeros_before_eoi_and_junk_after_it_are_refused():
+    good = _jpeg(np.random.default_rng(1).integers(0, 256, (512, 512, 3), dtype=np.uint8))
+    with pytest.raises(ImageError, match="zero bytes: refused as padding"):
+        load_image(good[:-2] + bytes(3 << 20) + b"\xff\xd9")
+    junk = np.random.default_rng(2).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()
+    with pytest.raises(ImageError, match=r"\d+ bytes after the JPEG's end-of-image marker: refused as junk"):
+        load_image(good + junk)
+    with pytest.raises(ImageError, match="after the JPEG's end-of-image marker: refused as padding"):
+        load_image(good + good + bytes(1 << 20))  # an appended JPEG does not excuse padding
+
+
+def test_what_cameras_append_and_flat_images_still_decode():
+    rng = np.random.default_rng(3)
+    good = _jpeg(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8))
+    video = b"\0\0\0\x20ftypisom" + rng.integers(0, 256, 2 << 20, dtype=np.uint8).tobytes()
+    for data in (good + good,  # MPO frames, an Ultra HDR gain map: another JPEG after EOI
+                 good + video,  # a motion photo's MP4
+                 good + bytes(4000)):  # a little padding, as some cameras write
+        assert load_image(data).shape == (512, 512, 3)
+    # a flat image with optimized tables codes as zero bits (2 a block): not padding
+    flat = _jpeg(np.zeros((4096, 4096, 3), np.uint8), optimize=True)
+    assert flat.count(b"\0" * 65537) >= 0 and load_image(flat).shape == (4096, 4096, 3)
+
+
+def test_unreadable_folders_get_their_own_error_lines(pkg, tmp_path, monkeypatch, capsys):
+    """A folder given as an argument, named in an @list, or met under --recursive that cannot be
+    listed (PermissionError, as for a non-root user) is one error line; the rest are checked, exit 3."""
+    from defaker_edge.cli import main
+
+    photos = _photos(tmp_path)
+    for name in ("locked", "listed_locked", "sub/locked_below"):
+        (photos / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40)).save(photos / name / "x.png")
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{photos / 'listed_locked'}\n{photos / 'a.png'}\n")
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name.endswith("locked") or Path(path).name == "locked_below":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    rc = main(["check", str(photos / "locked"), f"@{lst}", str(photos / "sub"), str(photos / "b.png"),
+               "--package", str(pkg), "--json", "--recursive"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    errs = {Path(x["image"]).name: x["error"] for x in lines if "error" in x}
+    assert set(errs) == {"locked", "listed_locked", "locked_below"}
+    assert all("cannot read the folder" in e and "Permission denied" in e for e in errs.values())
+    assert sorted(Path(x["image"]).name for x in lines if "fake_prob" in x) == ["a.png", "b.png"]
+    assert rc == 3
+
+
+def _as_nobody() -> list[str] | None:
+    """The command prefix that runs a child as an unprivileged user, or None."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+
+    if not shutil.which("setpriv"):
+        return None
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+                        "import defaker_edge.runtime"], capture_output=True, cwd=Path(__file__).parents[1])
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if r.returncode == 0 else None
+
+
+def test_unreadable_inputs_as_a_non_root_user(pkg, tmp_path_factory):
+    """The real thing: chmod 000 folders and files, checked by a user they deny (root reads them)."""
+    import shutil
+    import tempfile
+
+    prefix = _as_nobody()
+    if prefix is None:
+        pytest.skip("no way to run as a non-root user here (setpriv as root)")
+    root = Path(tempfile.mkdtemp(prefix="defaker-nobody-"))
+    try:
+        os.chmod(root, 0o755)
+        shutil.copytree(pkg, root / "pkg")
+        os.chmod(root / "pkg", 0o755)
+        photos = root / "photos"
+        photos.mkdir()
+        rng = np.random.default_rng(0)
+        for rel in ("a.png", "b.png", "sub/c.png", "locked/d.png", "sub/locked_below/e.png"):
+            (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(photos / rel)
+        (root / "list.txt").write_text(f"{photos / 'locked'}\n{photos / 'a.png'}\n")
+        (root / "locked_list.txt").write_text(f"{photos / 'a.png'}\n")
+        for p in (photos / "b.png", photos / "locked", photos / "sub" / "locked_below", root / "locked_list.txt"):
+            os.chmod(p, 0)
+        r = subprocess.run([*prefix, sys.executable, "-m", "defaker_edge", "check", str(photos), f"@{root / 'list.txt'}",
+                            f"@{root / 'locked_list.txt'}", "--recursive", "--package", str(root / "pkg"), "--json"],
+                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+        lines = [json.loads(x) for x in r.stdout.splitlines()]
+        errs = {Path(x["image"]).name: x["error"] for x in lines if "error" in x}
+        ok = sorted(Path(x["image"]).name for x in lines if "fake_prob" in x)
+        assert set(errs) == {"b.png", "locked", "locked_below", "locked_list.txt"}, r.stdout + r.stderr
+        assert all("Permission denied" in e for e in errs.values())
+        assert ok == ["a.png", "a.png", "c.png"]  # a.png twice: from the folder and from the list
+        assert r.returncode == 3 and "Traceback" not in r.stderr
+    finally:
+        for dirpath, dirs, files in os.walk(root):
+            for n in dirs + files:
+                os.chmod(os.path.join(dirpath, n), 0o700)
+        shutil.rmtree(root, ignore_errors=True)

@@ -380,7 +380,7 @@ def test_sigterm_lets_an_in_flight_request_finish(pkg):
             proc.send_signal(signal.SIGTERM)
             s, v = f.result(timeout=60)
         assert s == 200 and v["width"] == 1800
-        proc.wait(timeout=30)
+        assert proc.wait(timeout=30) == 0  # a clean drain is a normal end, not death by the signal
         with pytest.raises(OSError):
             _req(port, "GET", "/healthz")
     finally:
@@ -444,3 +444,82 @@ def test_slow_body_is_408_json(server):
         assert status == 408 and "body" in body["error"]
     finally:
         s.close()
+
+
+# ---- issue #24: /docs, access log, every timeout counted, memory back after a large image ----
+
+def _metrics(port) -> str:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/metrics")
+        return c.getresponse().read().decode()
+    finally:
+        c.close()
+
+
+def test_docs_page_is_self_contained(server):
+    port = server()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/docs")
+    r = c.getresponse()
+    page = r.read().decode()
+    c.close()
+    assert r.status == 200 and r.getheader("Content-Type").startswith("text/html")
+    for path in ("/v1/check", "/healthz", "/readyz", "/v1/model", "/metrics", "/openapi.json"):
+        assert f"{path}</code>" in page
+    assert "fake_prob" in page and "<form action='/v1/check'" in page  # the schema and a try-it form
+    assert "<script" not in page and "http://" not in page and "https://" not in page  # nothing from a CDN
+
+
+def test_access_log_is_one_json_line_per_request(server, caplog):
+    import logging
+
+    port = server()
+    png = _png(60, 70)
+    with caplog.at_level(logging.INFO, logger="defaker_edge.access"):
+        assert _req(port, "POST", "/v1/check", png)[0] == 200
+        assert _req(port, "GET", "/nope")[0] == 404
+        time.sleep(0.2)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "defaker_edge.access"]
+    assert [(x["method"], x["path"], x["status"]) for x in lines] == [("POST", "/v1/check", 200), ("GET", "other", 404)]
+    first = lines[0]
+    assert set(first) == {"time", "method", "path", "status", "ms", "bytes_in", "bytes_out", "client"}
+    assert first["bytes_in"] == len(png) and 50 < first["bytes_out"] < 2000 and first["client"] == "127.0.0.1"
+    assert first["ms"] > 0 and first["time"].endswith("+00:00")
+    assert all(len(r.getMessage()) < 400 for r in caplog.records)  # never the image's bytes
+
+
+def test_every_timeout_is_counted(server):
+    import socket
+
+    port = server(Slow(1.0), header_timeout_s=0.5, body_timeout_s=0.5, concurrency=1, queue_wait_s=0.1, timeout_s=0.3)
+    idle = socket.create_connection(("127.0.0.1", port), timeout=10)  # sends nothing: header timeout
+    try:
+        assert idle.recv(4096).startswith(b"HTTP/1.1 408")
+    finally:
+        idle.close()
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)  # half a body: body timeout
+    try:
+        s.sendall(b"POST /v1/check HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        assert b"408" in s.recv(4096)
+    finally:
+        s.close()
+    with ThreadPoolExecutor(2) as ex:  # one check holds the only slot past --timeout-s (504), the other waits (503)
+        codes = sorted(f.result()[0] for f in [ex.submit(_req, port, "POST", "/v1/check", b"img") for _ in range(2)])
+    assert codes == [503, 504]
+    text = _metrics(port)
+    for kind in ("header", "body", "queue", "check"):
+        assert f'defaker_timeouts_total{{kind="{kind}"}} 1' in text, text
+    assert 'defaker_requests_total{path="-",status="408"} 1' in text
+
+
+def test_memory_is_returned_after_a_large_image(server):
+    from defaker_edge.runtime import server as srv_mod
+
+    if srv_mod._TRIM is None:
+        pytest.skip("no glibc malloc_trim here")
+    port = server()
+    assert _req(port, "POST", "/v1/check", _png(64, 64))[0] == 200
+    assert "defaker_memory_trims_total 0" in _metrics(port)
+    assert _req(port, "POST", "/v1/check", _png(2000, 2100))[0] == 200  # 4.2 MP: over TRIM_PIXELS
+    assert "defaker_memory_trims_total 1" in _metrics(port)

@@ -37,12 +37,13 @@ RESULT_TAG = "BENCH_RESULT "
 
 
 def progress(it, desc: str, **kw):
-    """tqdm on stderr when installed (build extra); plain iteration on a runtime-only install."""
+    """tqdm on stderr when installed (build extra) and stderr is a terminal (disable=None: a log
+    file or CI gets no carriage-return noise); plain iteration on a runtime-only install."""
     try:
         from tqdm import tqdm
     except ImportError:
         return it
-    return tqdm(it, desc=desc, file=sys.stderr, **kw)
+    return tqdm(it, desc=desc, file=sys.stderr, **{"disable": None, **kw})
 
 
 def percentiles(samples_ms: list[float]) -> dict:

@@ -84,7 +84,9 @@ def pareto_plot(report: dict, path: str | Path) -> Path:
         ax.set_xlabel(f"p50 latency per {report['config']['image_size']}² image (ms{', log scale' if log else ''})")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
-    title = f"latency vs accuracy — {report['package']['model_id']}, {report['machine'].get('cpu_cores_usable')}-core " \
+    n = (report.get("data") or {}).get("n")
+    title = f"latency vs accuracy on n={n} images — {report['package']['model_id']}, " \
+            f"{report['machine'].get('cpu_cores_usable')}-core " \
             f"CPU{', ' + report['machine']['gpu'] if report['machine'].get('gpu') else ''}"
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

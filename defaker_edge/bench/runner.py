@@ -255,7 +255,12 @@ def _data_summary(cfg: BenchConfig, samples) -> dict | None:
         return None
     from collections import Counter
 
-    return {"path": str(cfg.data), "split": cfg.split, "limit": cfg.limit, "n": len(samples),
+    from ..artifacts import sha256_file
+
+    data = Path(cfg.data)
+    # the manifest's sha256: two reports on different data sets are told apart (bench --compare)
+    sha = sha256_file(data) if data.is_file() else None
+    return {"path": str(cfg.data), "sha256": sha, "split": cfg.split, "limit": cfg.limit, "n": len(samples),
             "n_fake": sum(s.label for s in samples), "n_with_mask": sum(1 for s in samples if s.label and s.mask),
             "domains": dict(Counter(s.domain for s in samples))}
 

@@ -143,7 +143,7 @@ def build_calibration(cfg: CalibConfig) -> CalibResult:
     qtables = []  # each tile's luma table (the compression-history stream's input; zeros: none)
     sources = []
     got: dict[tuple[str, int], int] = {}
-    for s, k, _ in tqdm(plan, desc="calibration tiles", unit="img", leave=False):
+    for s, k, _ in tqdm(plan, desc="calibration tiles", unit="img", leave=False, disable=None):
         img = load_image(s.image)
         h, w = img.shape[:2]
         origins = tile_origins(h, w, spec)

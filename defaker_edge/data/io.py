@@ -17,7 +17,9 @@ hostile file never reaches a risky decoder (EPS, for example, runs Ghostscript).
 
 Bounded work per image (hostile files): a file is read header first (junk is refused before the
 rest is read); a JPEG's markers are walked before decoding (more than MAX_JPEG_SCANS scans, or
-fewer bytes than its claimed pixels need, is refused); a PNG's data must be able to hold its
+fewer bytes than its claimed pixels need, is refused, and so is padding: a run of zero bytes in a
+scan longer than _padding_bound, or more than MAX_JUNK bytes after the end-of-image marker that
+are not an appended JPEG, MP4 or Samsung trailer); a PNG's data must be able to hold its
 claimed pixels; and decoding checks a wall-clock deadline (`decode_timeout` seconds per 10 MP)
 each time Pillow's incremental decoder asks for more data (at most READ_CHUNK bytes), so a file
 that is slow to decode stops within about the limit instead of holding a core for minutes.
@@ -152,6 +154,8 @@ def _jpeg_check(data: bytes, name: str, complete: bool, max_pixels: int = 0) -> 
     MAX_JPEG_SCANS scans, and (when `complete`) a file with fewer bytes than the pixels its SOF
     claims could be coded in (unless over max_pixels: that has its own, clearer error). Returns the SOF's (width, height), or None if none was reached."""
     n, pos, scans, size, huffman = len(data), 2, 0, None, True
+    zeros = b"\0" * (MAX_JUNK + 1)  # a longer run of zero bytes is padding (see _padding_bound)
+    end = None  # the offset just past the first image's EOI
     while pos < n:
         ff = data.find(b"\xff", pos)
         if ff < 0 or ff - pos > MAX_JUNK:
@@ -167,15 +171,17 @@ def _jpeg_check(data: bytes, name: str, complete: bool, max_pixels: int = 0) -> 
         m = data[pos]
         pos += 1
         if m == 0xD9:  # EOI
+            end = pos
             break
         if m == 0x01 or 0xD0 <= m <= 0xD7 or m == 0x00:
             continue
         if pos + 2 > n:
             break
         seg = struct.unpack(">H", data[pos:pos + 2])[0]
-        if m in _SOF and pos + 7 <= n:
+        if m in _SOF and pos + 8 <= n:
             h, w = struct.unpack(">HH", data[pos + 3:pos + 7])
             size, huffman = (w, h), m < 0xC8
+            zeros = b"\0" * (_padding_bound(w, h, data[pos + 7]) + 1)
         pos += seg
         if m == 0xDA:  # SOS: entropy-coded data runs to the next real marker
             scans += 1
@@ -183,7 +189,17 @@ def _jpeg_check(data: bytes, name: str, complete: bool, max_pixels: int = 0) -> 
                 raise ImageError(name, f"JPEG with more than {MAX_JPEG_SCANS} scans refused (each one is a "
                                        "pass over the whole image; real encoders write about 10)")
             mm = _JPEG_NEXT_MARKER.search(data, pos)
-            pos = mm.start() if mm else n
+            stop = mm.start() if mm else n
+            if data.find(zeros, pos, stop) >= 0:
+                raise ImageError(name, f"JPEG scan holds a run of more than {len(zeros) - 1} zero bytes: refused "
+                                       "as padding (an image's coded data never needs it)")
+            pos = stop
+    if complete and end is not None and n - end > MAX_JUNK and not _known_trailer(data, end):
+        raise ImageError(name, f"{n - end} bytes after the JPEG's end-of-image marker: refused as junk "
+                               f"(at most {MAX_JUNK} are allowed, unless they are an appended JPEG or MP4)")
+    if complete and end is not None and data.find(zeros, end) >= 0:
+        raise ImageError(name, f"a run of more than {len(zeros) - 1} zero bytes after the JPEG's end-of-image "
+                               "marker: refused as padding")
     if complete and size is not None and huffman and size[0] * size[1] <= max_pixels:
         # Huffman coding spends at least one bit on each 8x8 block's DC coefficient
         need = -(-size[0] // 8) * -(-size[1] // 8) // 8
@@ -191,6 +207,21 @@ def _jpeg_check(data: bytes, name: str, complete: bool, max_pixels: int = 0) -> 
             raise ImageError(name, f"truncated: {n} bytes cannot hold the {size[0]}x{size[1]} pixels the JPEG "
                                    f"header claims (at least {need} bytes)")
     return size
+
+
+def _padding_bound(w: int, h: int, components: int) -> int:
+    """The longest run of zero bytes a JPEG scan may hold: 64 KB, or one byte per 8x8 block of
+    every component if that is more. Zero bits are real data only where blocks code as all-zero
+    codes (a flat area with optimized tables: 2-4 bits a block, a quarter to half a byte), so a
+    longer run is padding the decoder never needs."""
+    return max(MAX_JUNK, -(-w // 8) * -(-h // 8) * max(1, components))
+
+
+def _known_trailer(data: bytes, end: int) -> bool:
+    """Data after a JPEG's EOI that cameras write on purpose: another JPEG (MPO frames, an Ultra
+    HDR gain map), an MP4 (a motion photo: ISO BMFF, 'ftyp' at offset 4), or a Samsung trailer
+    (ends with 'SEFT')."""
+    return data[end:end + 3] == b"\xff\xd8\xff" or data[end + 4:end + 8] == b"ftyp" or data[-4:] == b"SEFT"
 
 
 def _png_check(data: bytes, name: str, max_pixels: int) -> None:

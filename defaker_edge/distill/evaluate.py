@@ -77,7 +77,7 @@ def evaluate(model: torch.nn.Module | None, samples: list[Sample], tile: int,
         model.eval()
     srec: list[Record] = []
     trec: list[Record] | None = [] if teacher is not None else None
-    for s in tqdm(samples, desc=desc, leave=False, dynamic_ncols=True):
+    for s in tqdm(samples, desc=desc, leave=False, dynamic_ncols=True, disable=None):
         img = load_image(s.image)
         gt = _gt(s, img.shape[:2])
         if model is not None:

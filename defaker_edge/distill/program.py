@@ -17,9 +17,12 @@ more than the bootstrap noise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 STUDENT = "student"  # the state dir's student (config.json + model.safetensors)
 OPTIM = "optimizer.pt"  # step, examples, CPU seconds, and AdamW's moments (bfloat16)
 SCORES = "heldout_scores.json"  # the last held-out evaluation, image by image (for the bootstrap)
+SNAPSHOTS = "snapshots"  # float16 weights of every held-out-scored checkpoint
 
 
 @dataclass
@@ -209,17 +213,61 @@ def train_session(cfg: ProgramConfig) -> SessionResult:
             t0 = time.time()
             line["heldout"] = _score_into(state_dir, student, held, cfg.heldout, info["step"], sha)
             line["heldout_eval_s"] = round(time.time() - t0, 1)
+            line["snapshot"] = _snapshot(state_dir, student, info["step"])
             last_eval[0] = time.time()
             log.info("program: step %d held-out %s", info["step"], json.dumps(line["heldout"]["all"]))
         _append(ledger, line)
         lines.append(line)
+        log.info("program: step %d, %d examples, %.3f CPU hours, loss %s", info["step"], line["examples"],
+                 line["cpu_hours"], line["train_loss"])
 
     dcfg = DistillConfig(data=cfg.data, out=str(work), init=init, resume=resume, steps=10 ** 9,
                          minutes=cfg.minutes, ckpt_minutes=cfg.ckpt_minutes, ckpt_every=10 ** 9, lr=cfg.lr,
                          batch=cfg.batch, crop=cfg.crop, seed=cfg.seed, bf16=cfg.bf16, threads=cfg.threads,
                          eval_max=0, weights=cfg.weights, workers=cfg.workers)
-    distill(dcfg, on_checkpoint=on_ckpt)
+    with _graceful_stop():
+        distill(dcfg, on_checkpoint=on_ckpt)
     return SessionResult(state_dir, ledger, lines)
+
+
+@contextlib.contextmanager
+def _graceful_stop():
+    """SIGTERM or a first Ctrl-C ends the session at the next step, as its budget would (checkpoint,
+    held-out scores, ledger line); a second Ctrl-C interrupts at once. Main thread only."""
+    from .trainer import STOP
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        if STOP.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("program: %s: stopping after this step (checkpoint, held-out scores)", signal.Signals(signum).name)
+        STOP.set()
+
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    STOP.clear()
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        STOP.clear()
+
+
+def _snapshot(state_dir: Path, student, step: int) -> str:
+    """The scored weights in float16 (~0.8 MB), kept: a snapshot ensemble of the ledger's checkpoints is
+    a teacher at no extra training cost (the stand-in until DeFakerOne weights can be loaded)."""
+    from safetensors.torch import save_file
+
+    rel = f"{SNAPSHOTS}/step-{step:07d}.safetensors"
+    path = state_dir / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).cpu().contiguous()
+          for k, v in student.state_dict().items()}
+    save_file(sd, str(path), metadata={"format": "defaker-student/1", "step": str(step)})
+    return rel
 
 
 def _score_into(state_dir: Path, model, held, heldout: str, step: int, sha: str) -> dict[str, Any]:
@@ -242,7 +290,8 @@ def eval_state(state: str, heldout: str, eval_max: int, ledger: str) -> dict[str
     sha = sha256_file(state_dir / STUDENT / "model.safetensors")
     line = {"time": utc_now(), "kind": "eval", "step": int(meta["step"]), "examples": int(meta["examples"]),
             "cpu_hours": round(float(meta["cpu_s"]) / 3600.0, 3), "cpu": cpu_name(), "weights_sha256": sha,
-            "heldout": _score_into(state_dir, model, held, heldout, int(meta["step"]), sha)}
+            "heldout": _score_into(state_dir, model, held, heldout, int(meta["step"]), sha),
+            "snapshot": _snapshot(state_dir, model, int(meta["step"]))}
     _append(Path(ledger), line)
     return line
 

@@ -188,7 +188,7 @@ def prune(cfg: PruneConfig) -> PruneResult:
     dropped: set[tuple[str, int]] = set()
     history = []
     t0 = time.time()
-    for step in tqdm(range(cfg.steps), desc="prune", dynamic_ncols=True):
+    for step in tqdm(range(cfg.steps), desc="prune", dynamic_ncols=True, disable=None):
         b = sampler.batch(step, 0, cfg.batch)
         if targets is None:
             with torch.no_grad():

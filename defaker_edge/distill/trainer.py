@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -255,7 +256,8 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
                            "cpu_s": cpu_s, "final": final, "path": ckpt})
             net.train()
 
-    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="distill", disable=not d.main,
+    # a bar on a terminal only (None: tqdm's own test); logs and pipes get the checkpoints' lines
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="distill", disable=None if d.main else True,
                dynamic_ncols=True)
     batches = _batches(sampler, range(start, end), d.rank * local, local, cfg.workers)
     for step in bar:
@@ -277,7 +279,7 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
         history.append({"step": step + 1, "loss": lval, "lr": opt.param_groups[0]["lr"], **parts})
         bar.set_postfix(loss=f"{lval:.4f}")
         now = time.time()
-        out_of_time = bool(cfg.minutes) and now - t_start >= 60.0 * cfg.minutes
+        out_of_time = (bool(cfg.minutes) and now - t_start >= 60.0 * cfg.minutes) or STOP.is_set()
         if d.enabled and cfg.minutes:  # every rank stops at the same step
             out_of_time = bool(ddp.all_mean(torch.tensor(float(out_of_time)), d) > 0)
         last = step + 1 == end or out_of_time
@@ -300,6 +302,11 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
     ddp.barrier(d)
     ddp.shutdown(d)
     return DistillResult(out, report)
+
+
+# Set (by distill.program's SIGTERM/SIGINT handler) to end a run at the next step as if its budget
+# were spent: checkpoint, the callback's last held-out scores, the student dir
+STOP = threading.Event()
 
 
 class _Steps(torch.utils.data.Dataset):

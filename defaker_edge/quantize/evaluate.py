@@ -118,7 +118,7 @@ def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int | N
     overlap = default_overlap(tile) if overlap is None else overlap
     spec = TileSpec(tile=tile, overlap=overlap)
     out: list[ImagePred] = []
-    for s in tqdm(samples, desc=desc, unit="img", leave=False):
+    for s in tqdm(samples, desc=desc, unit="img", leave=False, disable=None):
         img = load_image(s.image)
         h, w = img.shape[:2]
         origins = tile_origins(h, w, spec)

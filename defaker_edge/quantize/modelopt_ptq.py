@@ -88,7 +88,7 @@ def calibrate(model, batches: list[np.ndarray], precision: str):
 
     def forward_loop(m):
         with torch.no_grad():
-            for x in tqdm(batches, desc=f"calibrate {precision}", unit="batch", leave=False):
+            for x in tqdm(batches, desc=f"calibrate {precision}", unit="batch", leave=False, disable=None):
                 # a tuple: the image and the compression-history stream's inputs
                 m(*[torch.from_numpy(a) for a in (x if isinstance(x, tuple) else (x,))])
 

@@ -48,7 +48,7 @@ def rank_layers(fp32_model, qmodel, layers: list[str], batches: list[np.ndarray]
     scores = []
     set_layers_enabled(qmodel, layers, False)
     try:
-        for name in tqdm(layers, desc="sensitivity", unit="layer", leave=False):
+        for name in tqdm(layers, desc="sensitivity", unit="layer", leave=False, disable=None):
             set_layers_enabled(qmodel, [name], True)
             f, m = _outputs(qmodel, batches)
             set_layers_enabled(qmodel, [name], False)

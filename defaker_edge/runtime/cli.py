@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -42,7 +43,8 @@ Exit status:
   0  every image was read and judged
   1  --fail-on-fake and at least one image was judged fake
   2  usage error, or the package could not be loaded (nothing was checked)
-  3  some inputs could not be read (each has an error line); wins over 1
+  3  some inputs could not be read: files, folders that cannot be listed (given, in an @list, or
+     under --recursive), list files; each has its own error line and the rest were checked; wins over 1
 """
 
 SERVE_EPILOG = """\
@@ -55,10 +57,13 @@ endpoints (Starlette on uvicorn, HTTP/1.1 keep-alive):
   GET  /v1/model        the package's manifest summary and the backend in use
   GET  /metrics         Prometheus text: requests, latency histogram, fallbacks by reason, in-flight
   GET  /openapi.json    the API as OpenAPI 3.1
+  GET  /docs            the same as a web page (self-contained: no script, nothing from a CDN)
 errors are JSON {"error": ..., "status": ...}: 400 bad request, 401 no/wrong token, 408 slow body or
 headers, 413 body too large, 422 unreadable image or over --max-pixels, 503 busy (all --concurrency
 slots taken after --queue-wait-s, or over --max-connections), 504 over --timeout-s.
-SIGTERM stops accepting and lets in-flight requests finish (up to --drain-s).
+SIGTERM stops accepting, lets in-flight requests finish (up to --drain-s) and exits 0 (1 if checks were
+still running when --drain-s ran out). One JSON line per request goes to --access-log (no image bytes);
+/metrics counts every timeout in defaker_timeouts_total{kind="header|body|queue|check"}.
 
 example:
   defaker serve --port 8080 &                 the installed default package (defaker package path)
@@ -139,6 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' (except /healthz, /readyz); default: $DEFAKER_TOKEN; "
                         "required when --host is not loopback")
+    s.add_argument("--access-log", default="-", metavar="FILE|-|off",
+                   help="one JSON line per request (time, method, path, status, ms, bytes_in, bytes_out, client): "
+                        "- is stderr, FILE appends, off drops them")
     s.set_defaults(func=run_serve)
 
 
@@ -148,46 +156,82 @@ def _is_output_name(name: str) -> bool:
 
 def _listed(item: str) -> list[str] | None:
     """The paths `-` (stdin) or `@FILE` stand for, one per line (blank lines ignored); None for a
-    plain argument. An existing file whose name starts with @ is an image, not a list."""
-    from ..errors import DefakerError
-
+    plain argument. An existing file whose name starts with @ is an image, not a list. A list
+    that cannot be read raises OSError/UnicodeDecodeError (expand_inputs makes it an error line)."""
     if item == "-":
         text = sys.stdin.read()
-    elif item.startswith("@") and len(item) > 1 and not Path(item).exists():
-        try:
-            text = Path(item[1:]).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise DefakerError(f"{item}: cannot read the list file ({e.strerror or e})") from None
+    elif item.startswith("@") and len(item) > 1 and not os.path.lexists(item):
+        text = Path(item[1:]).read_text(encoding="utf-8")
     else:
         return None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def expand_inputs(items: list[str], recursive: bool) -> tuple[list[str], bool, int]:
+def _why(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e.strerror}" if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+
+
+def _walk(top: str, recursive: bool, errors: list[tuple[str, str]]) -> list[str]:
+    """The files in folder `top` (and its sub-folders when recursive, symlinks to folders not
+    followed). A folder that cannot be listed, top or sub, is an error entry, never skipped silently."""
+    found: list[str] = []
+    if not recursive:
+        try:
+            with os.scandir(top) as it:
+                for e in it:
+                    try:
+                        if e.is_file():
+                            found.append(e.path)
+                    except OSError as x:  # a stat that fails: the file gets its own error when read
+                        found.append(e.path)
+                        log.debug("%s: %s", e.path, x)
+        except OSError as e:
+            errors.append((top, f"cannot read the folder ({_why(e)})"))
+        return found
+
+    def failed(e: OSError) -> None:
+        errors.append((e.filename or top, f"cannot read the folder ({_why(e)})"))
+
+    for root, _, files in os.walk(top, onerror=failed):
+        found.extend(os.path.join(root, f) for f in files)
+    return found
+
+
+def expand_inputs(items: list[str], recursive: bool) -> tuple[list[str], bool, int, list[tuple[str, str]]]:
     """Files as given, folders expanded to their image files (sorted), `-` and `@FILE` to the paths
-    they list. Returns (paths, any_folder_or_list, files skipped for being named like outputs)."""
-    out, folder, skipped = [], False, 0
+    they list. Returns (paths, any_folder_or_list, files skipped for being named like outputs,
+    errors): each folder or list file that cannot be read (given, listed, or met under
+    --recursive) is one (input, reason) error; the other inputs are still expanded."""
+    out: list[str] = []
+    errors: list[tuple[str, str]] = []
+    folder, skipped = False, 0
     for it in items:
-        listed = _listed(it)
+        try:
+            listed = _listed(it)
+        except (OSError, UnicodeDecodeError) as e:
+            errors.append((it, f"cannot read the list file ({_why(e)})"))
+            folder = True
+            continue
         if listed is not None:
-            sub, _, n = expand_inputs(listed, recursive)
+            sub, _, n, errs = expand_inputs(listed, recursive)
             out.extend(sub)
+            errors.extend(errs)
             folder, skipped = True, skipped + n
             continue
-        p = Path(it)
-        if p.is_dir():
+        if os.path.isdir(it):  # os.path, not Path.is_dir: a denied stat is False, not an exception
             folder = True
-            found = sorted(q for q in (p.rglob("*") if recursive else p.iterdir())
-                           if q.is_file() and q.suffix.lower() in IMAGE_EXTS and not q.name.startswith("."))
-            mine = [q for q in found if _is_output_name(q.name)]  # an earlier run's masks and overlays
+            n_err = len(errors)
+            found = sorted(q for q in _walk(it, recursive, errors)
+                           if Path(q).suffix.lower() in IMAGE_EXTS and not Path(q).name.startswith("."))
+            mine = [q for q in found if _is_output_name(Path(q).name)]  # an earlier run's masks and overlays
             skipped += len(mine)
-            found = [q for q in found if not _is_output_name(q.name)]
-            if not found and not mine:
-                log.warning("%s: no image files%s", p, "" if recursive else " (use --recursive for sub-folders)")
-            out.extend(str(q) for q in found)
+            found = [q for q in found if not _is_output_name(Path(q).name)]
+            if not found and not mine and len(errors) == n_err:
+                log.warning("%s: no image files%s", it, "" if recursive else " (use --recursive for sub-folders)")
+            out.extend(found)
         else:
             out.append(it)  # a file (or a missing path, which gets its own error line)
-    return out, folder, skipped
+    return out, folder, skipped, errors
 
 
 def _out_names(paths: list[str], mask_dir: Path) -> dict[str, Path]:
@@ -221,7 +265,7 @@ def _check_outputs(paths: list[str], names: dict[str, Path], overlay: bool, over
     existing file (only with --overwrite)."""
     from ..errors import DefakerError
 
-    inputs = {Path(p).resolve() for p in paths if Path(p).is_file()}
+    inputs = {Path(p).resolve() for p in paths if os.path.isfile(p)}
     outs = [(p, o) for p, m in names.items()
             for o in ((m, heatmap_path(m), overlay_path(m)) if overlay else (m, heatmap_path(m)))]
     for p, o in outs:
@@ -270,17 +314,19 @@ def _run_check(args: argparse.Namespace) -> int:
 
     if args.overlay and not args.mask_dir:
         raise DefakerError("--overlay writes next to the masks: give --mask-dir D too")
-    paths, folder, skipped = expand_inputs(args.images, args.recursive)
+    paths, folder, skipped, unread = expand_inputs(args.images, args.recursive)
     if skipped and not args.quiet:
         print(f"defaker check: skipped {skipped} file(s) named like its outputs (*{MASK_SUFFIX}, *{HEATMAP_SUFFIX}, *{OVERLAY_SUFFIX})",
               file=sys.stderr)
-    if not paths:
+    if not paths and not unread:
         raise DefakerError("no images to check")
     mask_dir = Path(args.mask_dir) if args.mask_dir else None
     names = _out_names(paths, mask_dir) if mask_dir else {}
     if mask_dir:
         _check_outputs(paths, names, args.overlay, args.overwrite)
     det = _load_detector(args, mask="full" if mask_dir else "none", mask_dtype="uint8", max_pixels=args.max_pixels)
+    for item, msg in unread:  # folders and list files that could not be read: one line each, then the rest
+        _error_line(args, item, msg)
     # a bar only where a person watches: a log file or a pipe gets no carriage-return noise
     bar = _progress(len(paths), (folder or len(paths) > 1) and not args.quiet and sys.stderr.isatty())
     failed = fakes = 0
@@ -303,23 +349,27 @@ def _run_check(args: argparse.Namespace) -> int:
                               f"{res.precision} on {res.provider}; {line['ms']:.0f} ms){why}{warn}", flush=True)
                 else:
                     failed += 1
-                    msg = getattr(res, "reason", None) or str(res)
-                    if args.json:
-                        print(json.dumps({"image": path, "error": msg}), flush=True)
-                    elif args.quiet:
-                        print(f"{path}: ERROR {msg}", file=sys.stderr, flush=True)
-                    else:
-                        print(f"{path}: ERROR {msg}", flush=True)
+                    _error_line(args, path, getattr(res, "reason", None) or str(res))
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
-    if failed:
+    if failed or unread:
         if not args.quiet:
-            print(f"defaker check: {failed} of {len(paths)} image(s) could not be checked", file=sys.stderr)
+            what = f"{failed} of {len(paths)} image(s) could not be checked"
+            if unread:
+                what += f"; {len(unread)} folder(s)/list(s) could not be read"
+            print(f"defaker check: {what}", file=sys.stderr)
         return EXIT_UNREADABLE
     return EXIT_FAKE if args.fail_on_fake and fakes else EXIT_OK
+
+
+def _error_line(args: argparse.Namespace, path: str, msg: str) -> None:
+    if args.json:
+        print(json.dumps({"image": path, "error": msg}), flush=True)
+    else:  # with --quiet the error still shows, on stderr
+        print(f"{path}: ERROR {msg}", file=sys.stderr if args.quiet else sys.stdout, flush=True)
 
 
 def _write_outputs(args: argparse.Namespace, path: str, mp: Path, res, line: dict) -> None:
@@ -353,8 +403,8 @@ def run_serve(args: argparse.Namespace) -> int:
                        concurrency=args.concurrency, queue_wait_s=args.queue_wait_s, timeout_s=args.timeout_s,
                        decode_timeout=args.decode_timeout or None, max_connections=args.max_connections,
                        header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
-                       drain_s=args.drain_s, token=args.token or os.environ.get(TOKEN_ENV) or None)
+                       drain_s=args.drain_s, token=args.token or os.environ.get(TOKEN_ENV) or None,
+                       access_log=args.access_log)
     det = _load_detector(args, mask="none", mask_dtype="uint8", max_pixels=args.max_pixels)
-    serve(det, cfg)
-    return 0
+    return serve(det, cfg)
 

@@ -175,9 +175,12 @@ def load_package(package: str | Path | None = None) -> Package:
     """Parse PACKAGE/manifest.json (None = the default package) into a Package; ArtifactError if malformed."""
     root = resolve_package_dir(package)
     mpath = root / "manifest.json"
-    if not mpath.is_file():
-        raise ArtifactError(f"{root}: not a package (no manifest.json)")
-    raw = mpath.read_bytes()
+    try:
+        if not mpath.is_file():
+            raise ArtifactError(f"{root}: not a package (no manifest.json)")
+        raw = mpath.read_bytes()
+    except OSError as e:  # a package the user cannot read: one line, not a traceback
+        raise ArtifactError(f"{mpath}: cannot read ({type(e).__name__}: {e.strerror or e})") from None
     try:
         m = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

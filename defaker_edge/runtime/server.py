@@ -13,7 +13,13 @@ Why each limit exists (issue #19's audit), and what a client sees when it hits o
   (504), and a decode deadline per image (data.io, `decode_timeout` s per 10 MP), so the work behind
   a 504 ends and frees its slot instead of holding it for minutes.
 - every error is JSON {"error": ..., "status": ...}, including the HTTP parser's own 400s.
-- SIGTERM: stop accepting, let in-flight requests finish (up to `drain_s`), then exit.
+- SIGTERM: stop accepting, let in-flight requests finish (up to `drain_s`), then exit 0 (1 when the
+  drain ran out of time with checks still running).
+- memory: after a large image (TRIM_PIXELS or TRIM_BYTES) the worker asks glibc to hand freed heap
+  pages back (malloc_trim): glibc's mmap threshold rises after the first big free, so later large
+  buffers come from the heap and, freed, would stay in RSS (a 40 MP PNG left ~850 MB behind).
+- every request gets one JSON line on the `defaker_edge.access` logger (no image bytes); every
+  timeout (header, body, queue, check) is counted in /metrics.
 - auth: with a token (--token or DEFAKER_TOKEN) every endpoint but /healthz and /readyz needs
   `Authorization: Bearer <token>`; binding beyond loopback without one is refused.
 """
@@ -22,7 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
+import ctypes.util
 import hmac
+import html
 import io
 import json
 import logging
@@ -32,12 +41,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
 from ..errors import DefakerError, ImageError, MissingDependencyError
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("defaker_edge.access")  # one JSON line per request (serve() sends it to stderr)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "DEFAKER_TOKEN"
@@ -45,6 +56,11 @@ BACKLOG = 2048
 OPEN_PATHS = ("/healthz", "/readyz")  # probes answer without the token
 MAX_URL = 8 * 1024
 MAX_HEADERS = 64 * 1024
+PATHS = ("/v1/check", "/v1/model", "/metrics", "/openapi.json", "/docs", *OPEN_PATHS)
+TIMEOUT_KINDS = ("header", "body", "queue", "check")
+# after a check this large, freed memory is handed back to the OS (see the module docstring)
+TRIM_PIXELS = 4_000_000
+TRIM_BYTES = 8 << 20
 
 
 @dataclass
@@ -64,6 +80,7 @@ class ServerConfig:
     max_parts: int = 16
     drain_s: float = 30.0
     token: str | None = None
+    access_log: str | None = None  # serve(): "-" stderr, a file path, "off"; None: the logger as configured
 
 
 class HttpError(Exception):
@@ -156,6 +173,9 @@ class Metrics:
         self.requests: dict[tuple[str, int], int] = {}
         self.hist: dict[str, list[float]] = {}  # path -> bucket counts + [sum, count]
         self.fallbacks: dict[str, int] = {}
+        self.timeouts: dict[str, int] = dict.fromkeys(TIMEOUT_KINDS, 0)
+        self.refused = 0  # connections over --max-connections
+        self.trims = 0  # malloc_trim calls after large images
         self.in_flight = 0  # checks holding a slot
 
     def observe(self, path: str, status: int, seconds: float) -> None:
@@ -167,6 +187,10 @@ class Metrics:
                     h[i] += 1
             h[-2] += seconds
             h[-1] += 1
+
+    def timeout(self, kind: str) -> None:
+        with self.lock:
+            self.timeouts[kind] = self.timeouts.get(kind, 0) + 1
 
     def fallback(self, reason: str) -> None:
         key = reason.split(";")[0].split(":")[0].strip()[:40] or "other"
@@ -192,6 +216,14 @@ class Metrics:
             out += ["# HELP defaker_fallbacks_total Verdicts answered by a fallback path, by reason.",
                     "# TYPE defaker_fallbacks_total counter"]
             out += [f'defaker_fallbacks_total{{reason="{esc(r)}"}} {n}' for r, n in sorted(self.fallbacks.items())]
+            out += ["# HELP defaker_timeouts_total Requests cut off by a time limit: header (--header-timeout-s), "
+                    "body (--body-timeout-s), queue (--queue-wait-s, 503), check (--timeout-s, 504).",
+                    "# TYPE defaker_timeouts_total counter"]
+            out += [f'defaker_timeouts_total{{kind="{k}"}} {n}' for k, n in sorted(self.timeouts.items())]
+            out += ["# HELP defaker_connections_refused_total Connections refused over --max-connections.",
+                    "# TYPE defaker_connections_refused_total counter", f"defaker_connections_refused_total {self.refused}",
+                    "# HELP defaker_memory_trims_total Times freed memory was returned to the OS after a large image.",
+                    "# TYPE defaker_memory_trims_total counter", f"defaker_memory_trims_total {self.trims}"]
             out += ["# HELP defaker_in_flight Checks running now (holding a slot).", "# TYPE defaker_in_flight gauge",
                     f"defaker_in_flight {self.in_flight}"]
         out += ["# HELP defaker_slots_free Check slots free now.", "# TYPE defaker_slots_free gauge",
@@ -245,8 +277,84 @@ def openapi() -> dict[str, Any]:
                                 "responses": {"200": {"description": "ready"}, "503": err}}},
             "/metrics": {"get": {"summary": "Prometheus text", "responses": {"200": {"description": "metrics"}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+            "/docs": {"get": {"summary": "This document as a web page (no script, nothing from the network)",
+                              "responses": {"200": {"description": "HTML"}}}},
         },
     }
+
+
+def docs_html(doc: dict[str, Any]) -> str:
+    """The OpenAPI document as one self-contained HTML page. Swagger UI and Redoc load their
+    JavaScript from a CDN (or a ~1 MB vendored bundle), and a device often reaches no CDN: a page
+    rendered here from the same dict as /openapi.json is always there and always in step."""
+    e = html.escape
+
+    def schema(s: dict[str, Any]) -> str:
+        if "$ref" in s:
+            name = s["$ref"].rsplit("/", 1)[-1]
+            return f'<a href="#schema-{e(name)}">{e(name)}</a>'
+        t = s.get("type", "object")
+        t = " | ".join(t) if isinstance(t, list) else t
+        return e(f"{t}" + (f" ({s['format']})" if "format" in s else "")
+                 + (f" one of {', '.join(s['enum'])}" if "enum" in s else ""))
+
+    info = doc.get("info", {})
+    out = ["<!doctype html><html><head><meta charset='utf-8'>",
+           f"<title>{e(info.get('title', 'API'))} API</title><style>body{{font:14px/1.4 sans-serif;max-width:60em;"
+           "margin:2em auto;padding:0 1em}code,td{font-family:monospace}table{border-collapse:collapse}"
+           "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}h2{margin-top:1.5em}</style></head><body>",
+           f"<h1>{e(info.get('title', 'API'))} <small>v{e(str(info.get('version', '')))}</small></h1>",
+           f"<p>{e(info.get('description', ''))}</p>",
+           "<p>Machine-readable: <a href='/openapi.json'>/openapi.json</a> (OpenAPI "
+           f"{e(doc.get('openapi', ''))}). With a token, send <code>Authorization: Bearer &lt;token&gt;</code> "
+           "(not needed for /healthz and /readyz).</p>"]
+    for path, ops in doc.get("paths", {}).items():
+        for method, op in ops.items():
+            out.append(f"<h2><code>{e(method.upper())} {e(path)}</code></h2><p>{e(op.get('summary', ''))}</p>")
+            params = op.get("parameters") or []
+            if params:
+                out.append("<p>Parameters: " + ", ".join(
+                    f"<code>{e(p['name'])}</code> ({e(p['in'])}, {schema(p.get('schema', {}))})" for p in params) + "</p>")
+            body = (op.get("requestBody") or {}).get("content") or {}
+            if body:
+                out.append("<p>Body: " + ", ".join(f"<code>{e(ct)}</code>" for ct in body) + "</p>")
+            rows = []
+            for code, r in op.get("responses", {}).items():
+                sch = next(iter((r.get("content") or {}).values()), {}).get("schema")
+                rows.append(f"<tr><td>{e(code)}</td><td>{e(r.get('description', ''))}</td>"
+                            f"<td>{schema(sch) if sch else ''}</td></tr>")
+            out.append("<table><tr><th>status</th><th>meaning</th><th>body</th></tr>" + "".join(rows) + "</table>")
+            if path == "/v1/check":  # a plain form: works in any browser when no token is set
+                out.append("<form action='/v1/check' method='post' enctype='multipart/form-data'><p>Try it: "
+                           "<input type='file' name='image'> <button>check</button></p></form>")
+    out.append("<h2>Schemas</h2>")
+    for name, s in doc.get("components", {}).get("schemas", {}).items():
+        req = set(s.get("required", []))
+        rows = "".join(f"<tr><td>{e(k)}{' *' if k in req else ''}</td><td>{schema(v)}</td>"
+                       f"<td>{e(v.get('description', ''))}</td></tr>" for k, v in s.get("properties", {}).items())
+        out.append(f"<h3 id='schema-{e(name)}'>{e(name)}</h3><table><tr><th>field (* required)</th><th>type</th>"
+                   f"<th></th></tr>{rows}</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None (musl, macOS: nothing to call; memory then stays with the process)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def _log_access(method: str, path: str, status: int, seconds: float, n_in: int, n_out: int, client: str) -> None:
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(json.dumps({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                                    "method": method, "path": path, "status": status,
+                                    "ms": round(seconds * 1e3, 2), "bytes_in": n_in, "bytes_out": n_out,
+                                    "client": client}))
 
 
 # ------------------------------------------------------------------ the app
@@ -268,7 +376,7 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
     st = state or _State(detector, cfg)
@@ -296,6 +404,9 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
     async def spec(_: Request) -> Response:
         return JSONResponse(openapi())
 
+    async def docs(_: Request) -> Response:
+        return HTMLResponse(docs_html(openapi()))
+
     async def read_body(request: Request) -> bytes:
         limit = int(cfg.max_body_mb * 1024 * 1024)
         raw = request.headers.get("content-length")
@@ -317,6 +428,7 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
         try:
             await asyncio.wait_for(pull(), cfg.body_timeout_s)
         except (asyncio.TimeoutError, TimeoutError):
+            st.metrics.timeout("body")
             raise HttpError(408, f"body not received within {cfg.body_timeout_s:g} s") from None
         if not buf:
             raise HttpError(400, "empty body: send the image bytes")
@@ -342,6 +454,7 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
                 pass
             else:
                 st.slots.release()  # it was acquired as we gave up: give it back
+            st.metrics.timeout("queue")
             raise HttpError(503, f"busy: all {cfg.concurrency} slots taken for {cfg.queue_wait_s:g} s; retry later")
         st.metrics.in_flight += 1
 
@@ -351,7 +464,7 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
 
         try:
             fut = asyncio.get_running_loop().run_in_executor(
-                st.pool, partial(det.check, body, name=name, mask="full" if want_mask else "none",
+                st.pool, partial(_check_and_trim, st, det, body, name=name, mask="full" if want_mask else "none",
                                  max_pixels=cfg.max_pixels, decode_timeout=cfg.decode_timeout))
         except BaseException:
             free(None)
@@ -361,6 +474,7 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
         try:
             v = await asyncio.wait_for(asyncio.shield(fut), cfg.timeout_s)
         except (asyncio.TimeoutError, TimeoutError):
+            st.metrics.timeout("check")
             raise HttpError(504, f"not done within {cfg.timeout_s:g} s (--timeout-s)") from None
         except ImageError as e:
             raise HttpError(422, e.reason) from None
@@ -381,7 +495,7 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
             return jerr(e.status, e.message, **extra)
         if isinstance(e, HTTPException):
             msg = {404: "no such endpoint; try POST /v1/check, GET /healthz, /readyz, /v1/model, /metrics, "
-                        "/openapi.json", 405: "method not allowed here (POST /v1/check; GET the others)"}
+                        "/openapi.json, /docs", 405: "method not allowed here (POST /v1/check; GET the others)"}
             return jerr(e.status_code, msg.get(e.status_code, str(e.detail)))
         if isinstance(e, ClientDisconnect):
             return jerr(400, "client disconnected")
@@ -389,7 +503,8 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
         return jerr(500, f"internal error: {type(e).__name__}")
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz), Route("/v1/model", model),
-              Route("/metrics", metrics), Route("/openapi.json", spec), Route("/v1/check", check, methods=["POST"])]
+              Route("/metrics", metrics), Route("/openapi.json", spec), Route("/docs", docs),
+              Route("/v1/check", check, methods=["POST"])]
     handlers = {HttpError: http_error, HTTPException: http_error, ClientDisconnect: http_error}
     inner = Starlette(routes=routes, exception_handlers=handlers)
 
@@ -402,34 +517,63 @@ def build_app(detector, cfg: ServerConfig, state: _State | None = None):
             st.slots = asyncio.Semaphore(max(1, cfg.concurrency))
         t0 = time.perf_counter()
         status = [500]
+        n_in, n_out = [0], [0]
+
+        async def receive_():
+            msg = await receive()
+            if msg["type"] == "http.request":
+                n_in[0] += len(msg.get("body") or b"")
+            return msg
 
         async def send_(msg):
             if msg["type"] == "http.response.start":
                 status[0] = msg["status"]
+            elif msg["type"] == "http.response.body":
+                n_out[0] += len(msg.get("body") or b"")
             await send(msg)
 
         path = scope["path"]
         try:
             # h11 bounds only headers that arrive in pieces; one that arrives whole is measured here
             if len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") > MAX_URL:
-                await jerr(414, f"request target over {MAX_URL} bytes")(scope, receive, send_)
+                await jerr(414, f"request target over {MAX_URL} bytes")(scope, receive_, send_)
             elif sum(len(k) + len(v) for k, v in scope.get("headers") or []) > MAX_HEADERS:
-                await jerr(431, f"request headers over {MAX_HEADERS} bytes")(scope, receive, send_)
+                await jerr(431, f"request headers over {MAX_HEADERS} bytes")(scope, receive_, send_)
             elif cfg.token and path not in OPEN_PATHS and not _authorized(scope, cfg.token):
                 await jerr(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
-                           **{"WWW-Authenticate": "Bearer"})(scope, receive, send_)
+                           **{"WWW-Authenticate": "Bearer"})(scope, receive_, send_)
             else:
-                await inner(scope, receive, send_)
+                await inner(scope, receive_, send_)
         except Exception:  # a bug must still answer JSON (when nothing was sent yet)
             log.exception("internal error")
             if status[0] == 500:
-                await jerr(500, "internal error")(scope, receive, send_)
+                await jerr(500, "internal error")(scope, receive_, send_)
         finally:
-            known = path if path in ("/v1/check", "/v1/model", "/metrics", "/openapi.json", *OPEN_PATHS) else "other"
-            st.metrics.observe(known, status[0], time.perf_counter() - t0)
+            known = path if path in PATHS else "other"
+            dt = time.perf_counter() - t0
+            st.metrics.observe(known, status[0], dt)
+            client = scope.get("client")
+            _log_access(scope.get("method", "-"), known, status[0], dt, n_in[0], n_out[0],
+                        client[0] if client else "-")
 
     app.state = st  # type: ignore[attr-defined]
     return app
+
+
+def _check_and_trim(st: _State, det, body: bytes, **kw):
+    """det.check in a worker thread; after a large image, freed heap pages go back to the OS."""
+    big = len(body) >= TRIM_BYTES
+    try:
+        v = det.check(body, **kw)
+        size = getattr(v, "size", (0, 0))
+        big = big or size[0] * size[1] >= TRIM_PIXELS
+        return v
+    finally:
+        del body, kw
+        if big and _TRIM is not None:
+            _TRIM(0)
+            with st.metrics.lock:
+                st.metrics.trims += 1
 
 
 def _authorized(scope, token: str) -> bool:
@@ -453,6 +597,9 @@ def _protocol_class(cfg: ServerConfig, st: _State):
                 transport.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                                 b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
                 transport.close()
+                with st.metrics.lock:
+                    st.metrics.refused += 1
+                self._log_protocol(transport, 503, len(body))
                 self.transport = transport
                 self._refused = True
                 return
@@ -490,11 +637,21 @@ def _protocol_class(cfg: ServerConfig, st: _State):
             self._header_timer = None
             waiting = self.cycle is None or self.cycle.response_complete
             if waiting and not self.transport.is_closing():
+                n = 0
                 if self.conn.their_state is h11.IDLE and self.conn.our_state is h11.IDLE:
                     body = _json_bytes(408, f"request headers not received within {cfg.header_timeout_s:g} s")
                     self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
                                          b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                    n = len(body)
                 self.transport.close()
+                st.metrics.timeout("header")
+                st.metrics.observe("-", 408, cfg.header_timeout_s)
+                self._log_protocol(self.transport, 408, n, cfg.header_timeout_s)
+
+        def _log_protocol(self, transport, status: int, n_out: int, seconds: float = 0.0) -> None:
+            """An answer the app never saw (the request never arrived whole): logged with path '-'."""
+            peer = transport.get_extra_info("peername")
+            _log_access("-", "-", status, seconds, 0, n_out, peer[0] if peer else "-")
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -512,6 +669,8 @@ def _protocol_class(cfg: ServerConfig, st: _State):
             except h11.LocalProtocolError:  # a response was already under way
                 pass
             self.transport.close()
+            st.metrics.observe("-", 400, 0.0)
+            self._log_protocol(self.transport, 400, len(body))
 
     return Protocol
 
@@ -555,15 +714,21 @@ class DefakerServer:
                                 access_log=False, timeout_keep_alive=cfg.keepalive_s, backlog=BACKLOG,
                                 timeout_graceful_shutdown=cfg.drain_s, ws="none", interface="asgi3",
                                 h11_max_incomplete_event_size=64 * 1024)
-        self.uvicorn = uvicorn.Server(config)
+        self.uvicorn = _uvicorn_server()(config)
         self._done = threading.Event()
 
-    def serve_forever(self) -> None:
+    def serve_forever(self) -> int:
+        """Serve until shut down; 0 after a clean drain, 1 when checks were still running at its end."""
         try:
             self.uvicorn.run(sockets=[self.socket])
         finally:
+            cut = self.state.metrics.in_flight
             self.state.pool.shutdown(wait=False, cancel_futures=True)
             self._done.set()
+        if cut:
+            log.warning("defaker serve: %d check(s) still running after --drain-s %g s", cut, self.cfg.drain_s)
+            return 1
+        return 0
 
     def shutdown(self, timeout: float = 30.0) -> None:
         self.uvicorn.should_exit = True
@@ -573,21 +738,62 @@ class DefakerServer:
         self.socket.close()
 
 
+def _uvicorn_server():
+    import signal
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn re-raises a captured SIGTERM after its graceful shutdown, so the process ends by
+        the signal (exit -15). A SIGTERM drain is the expected way to stop a service: forget it, and
+        serve() returns its status (0 after a clean drain). SIGINT still ends as an interrupt."""
+
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:
+                self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    return Server
+
+
+def setup_access_log(dest: str | None) -> None:
+    """Send the access log's JSON lines, bare (no level or logger name), to stderr ("-") or a file
+    (appended); "off" drops them; None leaves the logger as the application configured it."""
+    if dest is None:
+        return
+    for h in list(access_log.handlers):
+        access_log.removeHandler(h)
+    access_log.propagate = False
+    if dest == "off":
+        access_log.disabled = True
+        return
+    access_log.disabled = False
+    import sys
+
+    h = logging.StreamHandler(sys.stderr) if dest == "-" else logging.FileHandler(dest, encoding="utf-8")
+    h.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(h)
+    access_log.setLevel(logging.INFO)
+
+
 def make_server(detector, cfg: ServerConfig | None = None) -> DefakerServer:
     """A bound server (port 0 picks a free one: see server.server_address); call serve_forever()."""
     return DefakerServer(detector, cfg or ServerConfig())
 
 
-def serve(detector, cfg: ServerConfig | None = None) -> None:
+def serve(detector, cfg: ServerConfig | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status (0 after a clean drain)."""
     cfg = cfg or ServerConfig()
     if cfg.token is None:
         cfg.token = os.environ.get(TOKEN_ENV) or None
+    try:
+        setup_access_log(cfg.access_log)
+    except OSError as e:
+        raise DefakerError(f"--access-log {cfg.access_log}: cannot open ({e.strerror or e})") from None
     srv = make_server(detector, cfg)
     host, port = srv.server_address[:2]
     log.info("defaker serve: http://%s:%d  (%s)", host, port, detector.backend.describe())
     try:
-        srv.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        return srv.serve_forever()
     finally:
         srv.server_close()

@@ -254,7 +254,7 @@ def synthesize(cfg: SynthConfig) -> SynthResult:
         # run torch before. Spawned workers import only this module (numpy/OpenCV/Pillow).
         ctx = mp.get_context("spawn")
         pool = ctx.Pool(workers, initializer=_worker_init)
-    bar = tqdm(total=n, desc="synth", unit="img", file=sys.stderr, disable=not cfg.progress, dynamic_ncols=True,
+    bar = tqdm(total=n, desc="synth", unit="img", file=sys.stderr, disable=None if cfg.progress else True, dynamic_ncols=True,
                mininterval=0.5)
     try:
         results = map(_job, jobs) if pool is None else pool.imap_unordered(_job, jobs, chunksize=4)
