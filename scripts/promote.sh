@@ -60,7 +60,7 @@ for p in int8-cpu int8; do
   $BIN/defaker quantize --model models/default-student --calib "$WORK/calib" --precision "$p" \
     --data "$DATA" --calib-n "$CALIB_N" --out "$WORK/q-$p" --auto-exclude
 done
-say "thresholds: widen the band to cover CPU INT8 disagreements"
+say "thresholds: the band where FP32 changes the CPU INT8 decision often enough, and the re-run margin"
 $BIN/defaker calibrate thresholds --model models/default-student --data "$DATA" \
   --compare "$WORK/q-int8-cpu/model.onnx"
 say "export"
