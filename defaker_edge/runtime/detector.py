@@ -581,7 +581,9 @@ class Detector:
         fmt = backend.input_format
         bufs = [tiling.input_buffer(fmt, B, T) for _ in range(W)]
         # the compression-history inputs, batch buffers beside the image's (empty for other models)
-        ebufs = [tiling.extra_buffers(B, T, backend.dct) for _ in range(W)]
+        ebufs = [tiling.extra_buffers(B, T, backend.dct, fmt) for _ in range(W)]
+        # a model that computes the stream in its graph (tiling.PIXELS) needs only the table
+        stream = backend.dct if fmt != tiling.PIXELS else None
         cur = 0
         refs: list[tuple[_Job, int]] = []
         pending: deque[tuple[Any, list[tuple[_Job, int]]]] = deque()
@@ -645,8 +647,8 @@ class Detector:
                     continue
                 k = len(refs)
                 tp = time.perf_counter()
-                if backend.dct and job.stream is None:
-                    job.stream = self._image_stream(job.img, job.qtable, backend.dct)
+                if stream and job.stream is None:
+                    job.stream = self._image_stream(job.img, job.qtable, stream)
                 self._prepare(job.img, job.origins[i:i + take], bufs[cur][k:k + take], fmt,
                               {n: v[k:k + take] for n, v in ebufs[cur].items()}, job.qtable, backend.dct,
                               job.stream)

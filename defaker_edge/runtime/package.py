@@ -119,10 +119,16 @@ class Package:
         return self.root / entry.path
 
     def onnx(self, precision: str) -> FileEntry | None:
+        """The ONNX file of `precision` the runtime runs (never the pixels graph: see `pixels`)."""
         for f in self.files:
-            if f.format == "onnx" and f.precision == precision:
+            if f.format == "onnx" and f.precision == precision and f.role != "pixels":
                 return f
         return None
+
+    def pixels(self) -> FileEntry | None:
+        """The FP32 graph that runs from pixels + table (`export --pixels-graph`), for GPU and TensorRT
+        callers; the CPU path keeps the numpy stream, which measured faster."""
+        return next((f for f in self.files if f.format == "onnx" and f.role == "pixels"), None)
 
     def engines(self) -> list[FileEntry]:
         return [f for f in self.files if f.is_engine]
