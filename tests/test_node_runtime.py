@@ -1,4 +1,5 @@
-"""The shipped package runs without Python: onnxruntime-node (npm) on the golden tile.
+"""The shipped package runs without Python: onnxruntime-node (npm) on the golden tile (the FP32 and
+INT8-CPU files, and the FP32 file as the pixels graph, which takes only the pixels and the table).
 
 tests/node/golden.mjs loads the package's ONNX file in Node, feeds it (a) the Python runtime's
 inputs as raw little-endian files and (b) inputs it builds itself from the decoded pixels and the
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 from defaker_edge.runtime.package import DEFAULT_PACKAGE, load_golden, load_package
-from defaker_edge.runtime.tiling import RAW_FILL, check_format, extra_inputs, input_buffer, prepare
+from defaker_edge.runtime.tiling import PIXELS, RAW_FILL, check_format, extra_inputs, input_buffer, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "node" / "golden.mjs"
@@ -46,18 +47,26 @@ def _raw(out: Path, name: str, a: np.ndarray) -> dict:
 
 
 def write_descriptor(out: Path, pkg_dir: Path, precision: str) -> Path:
-    """The golden tile's pixels and table, the runtime's feeds for `precision` and its golden outputs."""
+    """The golden tile's pixels and table, the runtime's feeds for `precision` and its golden outputs.
+    "fp32-pixels": the package's FP32 file made into the pixels graph here (export.pixels_graph)."""
     pkg = load_package(pkg_dir)
-    entry = pkg.onnx(precision)
-    assert entry is not None, f"the package has no {precision} ONNX file"
     golden = load_golden(pkg)
-    fmt = check_format((entry.raw.get("input") or {}).get("format"))  # the manifest's declaration
+    if precision == "fp32-pixels":
+        from defaker_edge.export.pixels_graph import write_pixels_model
+
+        model = write_pixels_model(pkg.path_of(pkg.onnx("fp32")), out / "pixels.onnx", pkg.dct)
+        fmt, precision = PIXELS, "fp32"
+    else:
+        entry = pkg.onnx(precision)
+        assert entry is not None, f"the package has no {precision} ONNX file"
+        model = pkg.path_of(entry)
+        fmt = check_format((entry.raw.get("input") or {}).get("format"))  # the manifest's declaration
     x = golden.input_u8
     tile = x.shape[1]
     feeds = {"image": prepare(x, fmt, out=input_buffer(fmt, len(x), tile)),
-             **extra_inputs(x, golden.qtable, pkg.dct)}
+             **extra_inputs(x, golden.qtable, pkg.dct, fmt)}
     fl, ml = golden.outputs[precision]
-    desc = {"model": str(pkg.path_of(entry)), "format": fmt, "tile": tile,
+    desc = {"model": str(model), "format": fmt, "tile": tile,
             "mean": list(pkg.mean), "std": list(pkg.std), "pad_fill": RAW_FILL.tolist(),
             "dct": {"freqs": pkg.dct[0], "clip": pkg.dct[1]} if pkg.dct else None,
             "pixels": _raw(out, "pixels", x[0]),
@@ -70,7 +79,7 @@ def write_descriptor(out: Path, pkg_dir: Path, precision: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8-cpu"])
+@pytest.mark.parametrize("precision", ["fp32", "int8-cpu", "fp32-pixels"])
 def test_shipped_package_runs_in_onnxruntime_node(tmp_path, precision):
     node = _node()
     desc = write_descriptor(tmp_path, DEFAULT_PACKAGE, precision)

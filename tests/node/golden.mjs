@@ -117,9 +117,11 @@ const px = load(desc.pixels);
 const q = load(desc.qtable);
 const built = {};
 let dctMismatch = null;
-if (desc.format === "u8-s2d2") built.image = new ort.Tensor("uint8", spaceToDepth(px, T, desc.pad_fill), [1, T / 2 + 1, T / 2 + 1, 12]);
+if (desc.format === "u8-nhwc") built.image = new ort.Tensor("uint8", px, [1, T, T, 3]);  // the pixels graph
+else if (desc.format === "u8-s2d2") built.image = new ort.Tensor("uint8", spaceToDepth(px, T, desc.pad_fill), [1, T / 2 + 1, T / 2 + 1, 12]);
 else built.image = new ort.Tensor("float32", normalized(px, T, desc.mean, desc.std), [1, 3, T, T]);
-if (desc.dct) {
+if (desc.format === "u8-nhwc") built.qtable = new ort.Tensor("float32", q, [1, 64]);  // it makes the stream itself
+else if (desc.dct) {
   const d = dctStream(px, T, q, desc.dct.freqs, desc.dct.clip);
   built.dct = new ort.Tensor("float32", d, [1, desc.dct.freqs, T / 8, T / 8]);
   built.qtable = new ort.Tensor("float32", q, [1, 64]);
