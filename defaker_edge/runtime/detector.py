@@ -833,6 +833,7 @@ class Detector:
                 v = e
             finally:
                 job.img = job.stream = None  # let the pixels go before the next image decodes
+                job.kept.clear()
             yield v
 
     def info(self) -> dict[str, Any]:
