@@ -11,12 +11,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
+# the non-Python check (tests/test_node_runtime.py): onnxruntime-node from npm, CPU only (the
+# install flag keeps its postinstall from fetching CUDA libraries from NuGet); skipped without npm
+NPM := $(shell command -v npm 2>/dev/null)
+ORT_NODE_VERSION ?= 1.31.1
+ORT_NODE := .cache/npm/node_modules/onnxruntime-node/package.json
 RT_VENV := .venv-runtime
 RT_STAMP := $(RT_VENV)/.installed
 # a non-editable install copies the sources: refresh it when any of them changes
 RT_SOURCES := $(shell find defaker_edge -type f -not -name '*.pyc' 2>/dev/null)
 
-.PHONY: setup demo test runtime-check test-slow default-model train bench clean lint
+.PHONY: setup node-ort demo test runtime-check test-slow default-model train bench clean lint
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,7 +41,14 @@ setup: $(STAMP)
 demo: $(RT_STAMP)
 	DEMO_BIN=$(RT_VENV)/bin bash scripts/demo.sh
 
-test: $(STAMP)
+$(ORT_NODE):
+	mkdir -p .cache/npm
+	-npm install --prefix .cache/npm onnxruntime-node@$(ORT_NODE_VERSION) --onnxruntime-node-install=skip \
+	  --no-audit --no-fund --loglevel=error || echo "onnxruntime-node not installed: its test will skip"
+
+node-ort: $(if $(NPM),$(ORT_NODE))
+
+test: $(STAMP) node-ort
 	$(BIN)/python -m pytest -q
 
 # the device install in a fresh venv (what .ci/run does after the tests)
@@ -58,4 +70,4 @@ bench: $(STAMP)
 	bash scripts/bench.sh
 
 clean:
-	rm -rf $(VENV) $(RT_VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(RT_VENV) .pytest_cache .hypothesis .cache/npm

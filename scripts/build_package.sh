@@ -36,7 +36,7 @@ for p in $PRECISIONS; do
     --data "$DATA" --calib-n "$CALIB_N" --out "$WORK/q-$p" $([ "$p" = fp8 ] && echo --force || echo --auto-exclude)
 done
 
-say "thresholds: widen the uncertainty band to cover CPU INT8 disagreements"
+say "thresholds: the band where FP32 changes the CPU INT8 decision often enough, and the re-run margin"
 $BIN/defaker calibrate thresholds --model models/default-student --data "$DATA" \
   --compare "$WORK/q-int8-cpu/model.onnx" "${OV[@]}"
 

@@ -4,7 +4,7 @@
 # the state's last scores against the shipped student's) must say promote, unless FORCE=1.
 # Then the student becomes models/default-student (with promotion.json: the comparison), and the
 # package is rebuilt as `make default-model` builds it: thresholds (image, band, pixel), INT8-CPU and
-# INT8 behind their gates, the band widened to the INT8-CPU disagreements, export (the manifest records
+# INT8 behind their gates, the band refitted to where FP32 changes the INT8-CPU decision, export (the manifest records
 # the promotion), verify. The ledger gets a "promotion" line and the baseline becomes the new student.
 # Knobs: BIN (.venv/bin), WORK (runs/default: its data/manifest.jsonl is the recipe's data, with the val
 # split thresholds are fitted on), CALIB_N (128), FORCE (0).

@@ -83,7 +83,7 @@ def ort_run(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def write_manifest(root: Path, *, band=None, threshold: float = 0.5, temperature: float = 1.0,
                    extra_files: list[dict] | None = None, tile: int | None = None, overlap: int | None = None,
-                   pixel_threshold: float | None = None) -> dict:
+                   pixel_threshold: float | None = None, rerun_margin: float | None = None) -> dict:
     """(Re)write root/manifest.json with the sha256 of the files now on disk."""
     if tile is None:  # keep what the package was built with
         old = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").exists() else {}
@@ -111,6 +111,8 @@ def write_manifest(root: Path, *, band=None, threshold: float = 0.5, temperature
         "tools": {}, "golden": {"file": "golden.npz", "sha256": sha256_file(root / "golden.npz"),
                                 "atol": {"fp32": 1e-3, "int8-cpu": 0.05}},
     }
+    if rerun_margin is not None:
+        m["thresholds"]["rerun_margin"] = rerun_margin
     if pixel_threshold is not None:
         m["thresholds"]["pixel_threshold"] = pixel_threshold
     (root / "manifest.json").write_text(json.dumps(m, indent=2))

@@ -515,3 +515,26 @@ def test_forced_variants_are_marked_in_points_and_tables():
     assert forced_precisions(report) == {"fp8"}
     labels = {p["label"]: p["forced"] for p in pareto_points(report)}
     assert labels == {"fp32 / ort-cpu": False, "fp8 (forced: gate failed) / ort-cpu": True}
+
+
+def test_band_share_is_counted_per_domain(tmp_path):
+    """The accuracy rows count the images a deployed Detector would re-run at FP32, per domain."""
+    from defaker_edge.bench.accuracy import evaluate
+    from defaker_edge.bench.adapter import Prediction
+    from defaker_edge.bench.report import _band
+    from defaker_edge.data import load_dataset
+
+    samples = load_dataset(_write_data(tmp_path / "d"))
+
+    class Stub:  # in the band: images 0 and 1 (natural) and 7 (document)
+        def check(self, img, source=None):
+            i = int(Path(source).stem)
+            return Prediction(0.5, np.zeros(img.shape[:2], np.float32), uncertain=i in (0, 1, 7))
+
+    res = evaluate(Stub(), samples, 0.5, show_progress=False)
+    assert res.band["natural"] == {"n": 5, "in_band": 2, "share": 0.4}
+    assert res.band["document"] == {"n": 5, "in_band": 1, "share": 0.2}
+    assert res.band["all"] == {"n": 10, "in_band": 3, "share": 0.3}
+    row = {"variant": "int8-cpu", "band": res.band}
+    assert _band(row, "all") == "3/10 (30.0%)" and _band(row, "face") == "—"
+    assert _band({"variant": "fp32", "band": res.band}, "all") == "—"  # FP32 answers are never re-run

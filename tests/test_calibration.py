@@ -141,20 +141,21 @@ def test_calibrate_thresholds_end_to_end(toy, tmp_path):
     assert d["pixel"]["n_fake_masks"] > 0 and d["pixel"]["n_real"] > 0
     assert _thresholds(d, path).pixel_threshold == d["pixel_threshold"]
 
-    # a "quantized" model that disagrees widens the band to cover the disagreement
+    # a "quantized" model that leans one way: the band re-runs where its decision flips at FP32
     import torch
 
     worse = ToyDetector()
     with torch.no_grad():
         worse.head.bias.add_(1.5)
     q = export_onnx(worse, tmp_path / "q.onnx", T)
-    th2, _ = calibrate_thresholds(ThresholdConfig(model=str(onnx_path), data=str(toy), target_fpr=0.25,
-                                                  compare=str(q), out=str(tmp_path / "t2.json")))
+    th2, p2 = calibrate_thresholds(ThresholdConfig(model=str(onnx_path), data=str(toy), target_fpr=0.25,
+                                                   compare=str(q), out=str(tmp_path / "t2.json")))
     T2, t2 = th2.temperature, th2.threshold
-    assert th2.band_rule["dz_max"] == pytest.approx(1.5 / T2, rel=1e-3)
-    assert th2.band[1] - th2.band[0] >= th.band[1] - th.band[0]
-    # the guarantee: every image whose quantized decision differs from FP32 falls inside the band,
-    # and the band is no wider than that needs (or the band_frac floor)
+    rule = th2.band_rule
+    assert rule["dz_max"] == pytest.approx(1.5 / T2, rel=1e-3)
+    # every quantized logit is 1.5 higher: a flip is only ever a quantized "fake" within 1.5 / T above
+    # the threshold, so the band is lopsided: nothing below the threshold, 1.5 / T above it
+    assert rule["w_lo"] == pytest.approx(0.0, abs=1e-6) and rule["w_hi"] == pytest.approx(1.5 / T2, rel=1e-3)
     from defaker_edge.quantize.evaluate import heldout_samples, onnx_runner, predict_images
 
     samples = heldout_samples(str(toy), None)  # the images calibrate_thresholds scored
@@ -163,11 +164,42 @@ def test_calibrate_thresholds_end_to_end(toy, tmp_path):
     sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
     p32, pq = sig(zs[0] / T2), sig(zs[1] / T2)
     flipped = (pq >= t2) != (p32 >= t2)
-    assert th2.band_rule["flips"] == int(flipped.sum()) > 0
+    assert rule["flips"] == rule["flips_in_band"] == int(flipped.sum()) > 0
     lo, hi = th2.band
-    assert np.all((pq[flipped] >= lo - 1e-9) & (pq[flipped] <= hi + 1e-9))
-    lt = math.log(t2 / (1 - t2))
-    assert th2.band_rule["w_quant"] == pytest.approx(float(np.abs(zs[1][flipped] / T2 - lt).max()), rel=1e-6)
+    assert lo == pytest.approx(t2) and np.all((pq[flipped] >= lo - 1e-9) & (pq[flipped] <= hi + 1e-9))
+    inside = (pq >= lo) & (pq <= hi)
+    assert th2.measured["in_band"] == pytest.approx(float(inside.mean()))
+    # the shift is the same on every tile, so FP32's best tile is the quantized best tile: margin 0
+    d2 = json.loads(p2.read_text())
+    assert d2["rerun_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert _thresholds(d2, p2).rerun_margin == d2["rerun_margin"]
+
+
+def test_flip_rate_band_reads_the_flip_chance_off_dz():
+    from defaker_edge.calibration.thresholds import flip_rate_band
+
+    rng = np.random.default_rng(3)
+    s = rng.normal(0, 1, 4000)
+    sq = s + rng.normal(0.05, 0.1, 4000)  # quantized: a little higher, some noise
+    widths = [flip_rate_band(s, sq, r)[:2] for r in (0.4, 0.25, 0.1)]
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(widths, widths[1:]))  # lower rate: wider band
+    w_lo, w_hi, rec = flip_rate_band(s, sq, 0.25)
+    assert w_hi > w_lo >= 0  # lopsided toward where the quantized model leans
+    # at the band's edge the chance of a flip is the rate: P(dz > w_hi) = 0.25
+    assert np.mean(sq - s > w_hi) == pytest.approx(0.25, abs=0.01)
+    flipped = (sq >= 0) != (s >= 0)
+    inside = (sq >= -w_lo) & (sq <= w_hi)
+    assert rec["flips"] == flipped.sum() and rec["flips_in_band"] == (flipped & inside).sum()
+    # inside the band flips are common, outside rare: what the band is for
+    assert (flipped & inside).sum() / inside.sum() > 0.25 > (flipped & ~inside).sum() / (~inside).sum()
+
+
+def test_rerun_margin_reaches_the_tile_fp32_ranks_best():
+    from defaker_edge.calibration.thresholds import rerun_margin
+
+    fp = [np.array([0.0, 1.0, 0.5]), np.array([2.0, 1.0]), np.array([0.3])]
+    q = [np.array([0.2, 0.9, 1.0]), np.array([2.1, 1.0]), np.array([0.4])]
+    assert rerun_margin(fp, q) == pytest.approx(0.1)  # image 1: best at FP32 is tile 1, 0.1 below q's best
 
 
 def test_calibrate_cli(toy, tmp_path, capsys):

@@ -171,3 +171,60 @@ def test_package_with_the_stream_runs_through_the_runtime(tmp_path):
     fl, _ = sess.run(None, session_feeds(sess, tiles, D.tile_tables(D.read_qtable(data), origins)))
     assert with_table.logit == pytest.approx(float(np.max(fl)), abs=1e-4)
     assert with_table.logit != pytest.approx(from_array.logit, abs=1e-6)
+
+
+def test_pixels_graph_runs_from_pixels_and_table(tmp_path):
+    """`export --pixels-graph`: the FP32 graph with the normalization and the stream inside, declared in
+    the manifest (role pixels, its own input), verified on its own golden outputs; the runtime's
+    default path never picks it; run by the Detector, it answers as the numpy path does."""
+    from defaker_edge.export.package import verify_package, write_package
+    from defaker_edge.export.pixels_graph import PIXELS_FILE
+    from defaker_edge.runtime import Detector
+    from defaker_edge.runtime.backends.onnxruntime import OrtBackend
+    from defaker_edge.runtime.package import load_package
+    from defaker_edge.student import StudentConfig, build_student
+
+    torch.manual_seed(0)
+    cfg = StudentConfig.from_preset("block-dct-s", tile=64)
+    model = build_student(cfg).eval()
+    with torch.no_grad():
+        model.dct.film.weight.normal_(0, 0.5)
+    pkg = write_package(model, cfg, tmp_path / "pkg", simplify=False, pixels_graph=True)
+    entry = next(f for f in pkg.manifest["files"] if f["path"] == PIXELS_FILE)
+    assert entry["role"] == "pixels" and entry["precision"] == "fp32"
+    assert entry["input"]["format"] == tiling.PIXELS and entry["input"]["shape"] == [-1, 64, 64, 3]
+    assert [e["name"] for e in entry["input"]["extra_inputs"]] == ["qtable"]
+    val = pkg.manifest["validation"]["pixels_graph"]
+    # the in-graph stream is numpy's but for float32 rounding ties: a handful of coefficients at most
+    assert val["coefficients"] > 0 and val["stream_mismatches"] <= val["coefficients"] * 1e-3
+    assert verify_package(tmp_path / "pkg").ok
+    p = load_package(tmp_path / "pkg")
+    assert p.onnx("fp32").path == "model_fp32.onnx" and p.pixels().path == PIXELS_FILE
+    dec, data = _jpeg(_smooth(96, 80, seed=3), 75)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    det = Detector.load(tmp_path / "pkg", precision="fp32", mask="full")
+    ref = det.check(str(path))
+    det.backend = OrtBackend(tmp_path / "pkg" / PIXELS_FILE, "fp32", 64)
+    assert det.backend.input_format == tiling.PIXELS and det.backend.extra == ("qtable",)
+    got = det.check(str(path))
+    assert got.logit == pytest.approx(ref.logit, abs=1e-3)
+    np.testing.assert_allclose(got.mask_quarter, ref.mask_quarter, atol=1e-3)
+
+
+def test_pixels_graph_of_the_shipped_package_matches_its_golden_outputs(tmp_path):
+    """The shipped FP32 file, made into a pixels graph, gives the golden outputs from the golden tile's
+    pixels and table alone (its stream rounds every coefficient as numpy does there)."""
+    import onnxruntime as ort
+
+    from defaker_edge.export.pixels_graph import write_pixels_model
+    from defaker_edge.runtime.package import DEFAULT_PACKAGE, load_golden, load_package
+
+    pkg = load_package(DEFAULT_PACKAGE)
+    g = load_golden(pkg)
+    out = write_pixels_model(pkg.path_of(pkg.onnx("fp32")), tmp_path / "p.onnx", pkg.dct)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image", "qtable"]
+    fl, ml = sess.run(["fake_logit", "mask_logits"], {"image": g.input_u8, "qtable": g.qtable})
+    want_f, want_m = g.outputs["fp32"]
+    assert np.abs(fl - want_f).max() <= 1e-5 and np.abs(ml - want_m).max() <= 1e-5

@@ -255,6 +255,75 @@ def test_band_reruns_on_full_precision(pkg):
     assert v.precision == "int8-cpu" and v.fallback is None
 
 
+def _tile_outputs(det, img):
+    """Each tile's (logits, mask logits) on det's backend, and the origins."""
+    origins = tiling.tile_origins(*img.shape[:2], det.spec)
+    f, m = det.backend.run_tiles(tiling.cut_tiles(img, origins, det.spec.tile))
+    return np.asarray(f).reshape(-1), np.asarray(m), origins
+
+
+def test_band_reruns_only_the_tiles_that_decide(pkg):
+    write_manifest(pkg, band=[0.0, 1.0], rerun_margin=0.0)  # every verdict unsure; only the best tile
+    img = _img(100, 120, seed=3)
+    zq, mq, origins = _tile_outputs(Detector.load(pkg, fallback="never"), img)
+    zf, mf, _ = _tile_outputs(Detector.load(pkg, precision="fp32"), img)
+    assert len(origins) == 9 and np.abs(zq - zf).max() > 0  # the two files differ: a real test
+    v = Detector.load(pkg).check(img)
+    best = int(np.argmax(zq))
+    z = zq.copy()
+    z[best] = zf[best]
+    assert (v.precision, v.tiles_rerun, v.n_tiles) == ("fp32", 1, 9) and v.uncertain
+    assert v.fallback.startswith("band: ") and v.to_json()["tiles_rerun"] == 1
+    assert v.logit == pytest.approx(float(z.max()), abs=1e-6)
+    # the mask: the INT8 tiles' masks, the re-run tile's replaced by its FP32 mask
+    st = MaskStitcher(100, 120, TILE, Detector.load(pkg).spec.overlap)
+    for i, (y, x) in enumerate(origins):
+        st.add(y, x, (mf if i == best else mq)[i, 0])
+    np.testing.assert_allclose(v.mask_quarter, sigmoid(st.logits_quarter()), atol=1e-5)
+
+
+def test_band_rerun_margin_picks_the_tiles_near_the_best(pkg):
+    img = _img(100, 120, seed=3)
+    zq, _, _ = _tile_outputs(Detector.load(pkg, fallback="never"), img)
+    margin = float(np.sort(zq)[-1] - np.sort(zq)[-4]) + 1e-4  # the best four tiles
+    write_manifest(pkg, band=[0.0, 1.0], rerun_margin=margin)
+    assert Detector.load(pkg).check(img).tiles_rerun == 4
+    # a margin past every tile re-runs them all: the FP32 answer, mask included
+    write_manifest(pkg, band=[0.0, 1.0], rerun_margin=1e3)
+    v, f = Detector.load(pkg).check(img), Detector.load(pkg, precision="fp32").check(img)
+    assert v.tiles_rerun == 9 and v.fake_prob == pytest.approx(f.fake_prob, abs=1e-6)
+    np.testing.assert_allclose(v.mask_quarter, f.mask_quarter, atol=1e-5)
+    # outside the band nothing is re-run
+    write_manifest(pkg, band=[0.99, 1.0], threshold=0.995, rerun_margin=0.0)
+    assert Detector.load(pkg).check(img).tiles_rerun == 0
+
+
+def test_kept_masks_are_the_tiles_within_the_margin_of_the_best():
+    from defaker_edge.runtime.detector import _Job
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1, 40).astype(np.float32)
+    job = _Job(name="x", img=None, origins=[(0, 0)] * 40, logits=np.full(40, np.nan, np.float32), stitcher=None,
+               keep=0.5)
+    for i in rng.permutation(40):  # tiles come back in any order
+        job.logits[i] = z[i]
+        job.keep_mask(int(i), float(z[i]), np.full((2, 2), i, np.float32))
+    want = set(np.flatnonzero(z >= z.max() - 0.5).tolist())
+    assert set(job.kept) == want and 1 < len(want) < 40
+    assert all(float(job.kept[i][0, 0]) == i for i in want)
+
+
+def test_rerun_margin_defaults_to_the_band_width():
+    from defaker_edge.runtime.package import Thresholds
+    from defaker_edge.runtime.schema import check_thresholds
+
+    th = Thresholds(temperature=2.0, threshold=0.5, band=(0.4, 0.6))
+    assert th.margin() == pytest.approx(2 * 2.0 * np.log(0.6 / 0.4))
+    assert Thresholds(band=(0.4, 0.6), rerun_margin=0.3).margin() == 0.3
+    bad = {"temperature": 1.0, "threshold": 0.5, "band": [0.4, 0.6], "rerun_margin": -1}
+    assert check_thresholds(bad)[0][0] == "thresholds.rerun_margin"
+
+
 def test_bad_arguments_are_clear(pkg):
     for kw in ({"backend": "cuda"}, {"precision": "int4"}, {"fallback": "maybe"}, {"mask": "half"}):
         with pytest.raises(DefakerError):

@@ -8,7 +8,8 @@ decisions (each at its own threshold) and the mean |difference| of fake probabil
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -27,6 +28,9 @@ class EvalResult:
     decisions: list[bool]
     summary: dict  # metrics.summarize output
     n_fallback: int  # images another path answered (Detector only; 0 with fallback off)
+    # per domain and "all": {"n", "in_band", "share"}: the images a deployed Detector would re-run
+    # at FP32 (its score in the package's band; Detector only, else 0)
+    band: dict = field(default_factory=dict)
 
 
 def evaluate(predictor, samples: list[Sample], threshold: float, *, perturb: Perturb | None = None,
@@ -35,6 +39,7 @@ def evaluate(predictor, samples: list[Sample], threshold: float, *, perturb: Per
 
     records, probs, decisions = [], [], []
     n_fallback = 0
+    n_dom, band_dom = Counter(), Counter()
     for s in (progress_bar(samples, desc, leave=False) if show_progress else samples):
         img = load_image(s.image)
         gt = None
@@ -47,6 +52,8 @@ def evaluate(predictor, samples: list[Sample], threshold: float, *, perturb: Per
         p = predictor.check(img, source=s.image if perturb is None else None)
         if p.fallback:
             n_fallback += 1
+        n_dom[s.domain] += 1
+        band_dom[s.domain] += bool(getattr(p, "uncertain", False))
         pix = None
         if gt is not None:
             mask = p.mask
@@ -56,7 +63,15 @@ def evaluate(predictor, samples: list[Sample], threshold: float, *, perturb: Per
         records.append(Record(label=s.label, fake_prob=float(p.fake_prob), domain=s.domain, pixel=pix))
         probs.append(float(p.fake_prob))
         decisions.append(bool(p.fake_prob >= threshold))
-    return EvalResult(probs, decisions, summarize(records, threshold), n_fallback)
+    return EvalResult(probs, decisions, summarize(records, threshold), n_fallback, band_shares(n_dom, band_dom))
+
+
+def band_shares(n: Counter, in_band: Counter) -> dict:
+    """{"all" and each domain: {"n", "in_band", "share"}} from per-domain counts."""
+    out = {d: {"n": n[d], "in_band": in_band[d], "share": in_band[d] / n[d]} for d in sorted(n)}
+    tot, hit = sum(n.values()), sum(in_band.values())
+    out["all"] = {"n": tot, "in_band": hit, "share": hit / tot if tot else None}
+    return out
 
 
 def agreement(a: EvalResult, b: EvalResult) -> dict:

@@ -36,6 +36,9 @@ class Prediction:
     mask: np.ndarray  # float32 [H, W] probabilities
     fallback: str | None = None  # why another path answered, if one did
     timings: dict = field(default_factory=dict)
+    # the score fell in the package's band: a Detector with fallback on re-runs this image's deciding
+    # tiles at FP32 (the bench's Detector has it off, so the variant's own answer is scored)
+    uncertain: bool = False
 
 
 def make_session(path: str | Path, provider: str = "CPUExecutionProvider", threads: int = 0):
@@ -143,7 +146,7 @@ class DetectorPredictor:
         """The file when given (the Detector reads its JPEG table, as on a device), else the pixels."""
         v = self.det.check(str(source) if source is not None else img)
         return Prediction(float(v.fake_prob), np.asarray(v.heatmap, dtype=np.float32), v.fallback,
-                          dict(v.timings or {}, tiles=v.n_tiles))
+                          dict(v.timings or {}, tiles=v.n_tiles), uncertain=v.uncertain)
 
 
 def make_predictor(package, variant, *, provider: str, tile: int, overlap: int, temperature: float,

@@ -153,6 +153,14 @@ def _target(name: str, op: str, target: float, measured: float | None, unit: str
 
 # ---------------------------------------------------------------- markdown
 
+def _band(row: dict, domain: str) -> str:
+    """'k/n (share%)' of a row's images in the band, for one domain or "all"; '—' when not counted."""
+    b = (row.get("band") or {}).get(domain)
+    if not b or b.get("share") is None or row.get("variant") == "fp32":
+        return "—"
+    return f"{b['in_band']}/{b['n']} ({100 * b['share']:.1f}%)"
+
+
 def _f(x, nd: int = 1, unit: str = "") -> str:
     if x is None:
         return "—"
@@ -260,8 +268,8 @@ def markdown(report: dict) -> str:
               f"Pixel F1 and IoU at the package's pixel threshold ({_f(cut, 3)}: the binary mask a user gets); "
               "best F1 is each image's best cut, pixel AUC needs no cut.", "",
               "| variant | status | via | AUC | bal. acc | pixel F1 | best F1 | pixel AUC | IoU | same decision vs fp32 "
-              "| mean abs dprob vs fp32 | same decision vs teacher | fallbacks |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| mean abs dprob vs fp32 | same decision vs teacher | fallbacks | in band (FP32 re-runs) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["accuracy"]:
         h = r.get("headline") or {}
         ag = r.get("agreement") or {}
@@ -270,13 +278,17 @@ def markdown(report: dict) -> str:
         lines.append(f"| {tag(r['variant'], forced)} | {status} | {r.get('via', '—')} | {_f(h.get('image_auc'), 3)} | "
                      f"{_f(h.get('balanced_acc'), 3)} | {_f(h.get('pixel_f1'), 3)} | {_f(h.get('pixel_f1_best'), 3)} | "
                      f"{_f(h.get('pixel_auc'), 3)} | {_f(h.get('pixel_iou'), 3)} | {_f(f32.get('same_decision'), 3)} | {_f(f32.get('mean_abs_dprob'), 4)} | "
-                     f"{_f(te.get('same_decision'), 3)} | {_f(r.get('n_fallback'))} |")
+                     f"{_f(te.get('same_decision'), 3)} | {_f(r.get('n_fallback'))} | {_band(r, 'all')} |")
     per_dom = [(r["variant"], dom, v) for r in report["accuracy"] if r.get("metrics")
                for dom, v in r["metrics"].get("per_domain", {}).items()]
     if per_dom:
-        lines += ["", "Per domain:", "", "| variant | domain | n | AUC | bal. acc | pixel F1 | IoU |", "|---|---|---|---|---|---|---|"]
+        rows = {r["variant"]: r for r in report["accuracy"]}
+        lines += ["", "Per domain (in band: the images a Detector with its fallback on re-runs at FP32, only their "
+                  "deciding tiles; the scores above are the variant's own):", "",
+                  "| variant | domain | n | AUC | bal. acc | pixel F1 | IoU | in band |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {v} | {dom} | {x.get('n')} | {_f(x.get('image_auc'), 3)} | {_f(x.get('balanced_acc'), 3)} | "
-                  f"{_f(x.get('pixel_f1'), 3)} | {_f(x.get('pixel_iou'), 3)} |" for v, dom, x in per_dom]
+                  f"{_f(x.get('pixel_f1'), 3)} | {_f(x.get('pixel_iou'), 3)} | {_band(rows[v], dom)} |"
+                  for v, dom, x in per_dom]
     lines += ["", "## Speedups (ratios of p50 per image, measured in this run)", ""]
     for s in report.get("speedups", []):
         lines.append(f"- **{s['name']}**: {_f(s['ratio'], 2, 'x')} — {s['what']}"

@@ -148,7 +148,7 @@ def _accuracy_rows(cfg: BenchConfig, pkg: PackageInfo, samples, backend: str | N
             continue
         results[v.precision] = res
         predictors[v.precision] = pred
-        row.update(status="ok", reason=None, via=pred.kind, note=note, n_fallback=res.n_fallback,
+        row.update(status="ok", reason=None, via=pred.kind, note=note, n_fallback=res.n_fallback, band=res.band,
                    seconds=time.perf_counter() - t0, headline=headline(res.summary), metrics=res.summary)
         rows.append(row)
     ref = results.get("fp32")

@@ -16,9 +16,10 @@ manifest when it has splits (--split), so held-out images stay held out."""
 THR_DESC = """\
 Calibrate the decision rule on held-out images (split val, else test): temperature scaling of the
 image logit (max over tiles), the threshold at --target-fpr on the scaled probability, and the
-uncertainty band [lo, hi] inside which the runtime re-runs an image at full precision (the
---band-frac share of images nearest the threshold, widened with --compare Q.onnx to cover the largest
-FP32-vs-quantized disagreement seen), and the pixel threshold that turns the heatmap into the binary
+uncertainty band [lo, hi] inside which the runtime re-runs an image at full precision (with --compare
+Q.onnx: where FP32 would change Q's decision at least --band-flip-rate of the time, and the re-run margin:
+which tiles a band re-run runs again; without: the --band-frac share of images nearest the threshold),
+and the pixel threshold that turns the heatmap into the binary
 mask (--pixel-rule). Writes thresholds.json into the model dir (or --out); export
 copies it into the package manifest."""
 
@@ -51,7 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--target-fpr", type=float, default=0.05, help="false-positive rate on real images (default 0.05)")
     t.add_argument("--band-frac", type=float, default=0.10,
                    help="share of held-out images nearest the threshold inside the band (default 0.10)")
-    t.add_argument("--compare", help="quantized ONNX: widen the band to cover its disagreement with --model")
+    t.add_argument("--compare", help="the quantized ONNX the runtime answers with: fit the band (and the re-run "
+                                     "margin) to where its decision differs from --model's")
+    t.add_argument("--band-flip-rate", type=float, default=1 / 3,
+                   help="with --compare: re-run where FP32 changes the quantized decision at least this often "
+                        "(default 1/3; smaller: a wider band, more re-runs)")
     t.add_argument("--pixel-rule", choices=("f1", "fpr"), default="f1",
                    help="the binary mask's cut on the heatmap: f1 = best mean pixel F1 on the split's manipulated "
                         "images (default), fpr = the lowest cut marking at most --pixel-fpr of authentic pixels")
@@ -86,6 +91,7 @@ def run_thresholds(args: argparse.Namespace) -> int:
     th, path = calibrate_thresholds(ThresholdConfig(model=args.model, data=args.data, target_fpr=args.target_fpr,
                                                     split=args.split, out=args.out, band_frac=args.band_frac,
                                                     compare=args.compare, overlap=args.overlap,
+                                                    band_flip_rate=args.band_flip_rate,
                                                     pixel_rule=args.pixel_rule, pixel_fpr=args.pixel_fpr))
     if args.json:
         print(json.dumps(th.to_json()))

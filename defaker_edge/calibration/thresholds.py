@@ -8,17 +8,24 @@ way the runtime scores them (quantize.evaluate).
 - Threshold t on p = sigmoid(z / T): the largest FPR on the real images that is <= target_fpr,
   placed half-way between the k-th highest real probability and the next higher score (k =
   floor(target_fpr * n_real)), so the validation FPR/TPR do not hinge on float ties.
-- Band [lo, hi]: the runtime re-runs an image at full precision when lo <= p <= hi. Rule, in
-  logit space around logit(t), half-width w = max(w_frac, w_quant):
-    w_frac  = the band_frac quantile of |z/T - logit(t)| over the validation images, i.e. the
-              band_frac share of images nearest the threshold (default 10%);
-    w_quant = (with --compare Q.onnx) over the validation images whose quantized decision differs
-              from the FP32 one, the largest |z_q / T - logit(t)|: the narrowest band around the
-              threshold that holds every such image (the runtime tests the quantized probability,
-              so that is the distance that matters). An image whose logits differ a lot but far from
-              the threshold flips nothing and does not widen the band; the largest |z_q - z| / T is
-              recorded too (`dz_max`).
-  band = [sigmoid(logit(t) - w), sigmoid(logit(t) + w)].
+- Band [lo, hi]: the runtime re-runs an image at full precision when lo <= p <= hi (p is the
+  quantized model's probability). In logit space around logit(t), s = z / T - logit(t):
+    with --compare Q.onnx (the quantized file the runtime will answer with), a re-run where it
+    pays: where FP32 would change the decision at least `band_flip_rate` of the time. Above the
+    threshold, at s_q = d > 0, FP32 decides otherwise when dz = s_q - s > d; below, when dz < -d.
+    The chance is read off dz's distribution over all validation images (hundreds of samples,
+    not the dozen flips), so hi = the (1 - r) quantile of dz and lo = minus its r quantile
+    (each at least 0; the band may be lopsided when the quantized model leans one way). The flips
+    seen and caught and the share of images in the band are recorded. r = 1/3 by default: a
+    re-run should change one decision in three; a wider band spends most of its re-runs confirming
+    the quantized answer (bench/README.md has the held-out sweep of r);
+    without --compare (nothing known about the quantized model yet), half-width w_frac: the
+    band_frac quantile of |s|, the band_frac share of images nearest the threshold (default 10%).
+- Re-run margin (with --compare): a band re-run runs at FP32 only the tiles whose quantized logit
+  is within `rerun_margin` of the image's best tile (the image logit is the max over tiles). Fitted
+  as the largest gap, over the validation images, between the quantized best tile and the
+  quantized logit of the tile FP32 ranks best: with it, every validation image's partial re-run
+  gives exactly the FP32 image logit. Raw logits (before the temperature).
 - Pixel threshold: where the heatmap becomes the binary mask (calibration.pixel), fitted on the same
   images' mask-level histograms.
 """
@@ -47,8 +54,9 @@ class ThresholdConfig:
     target_fpr: float = 0.05
     split: str | None = None  # default val, else test
     out: str | None = None  # default: <model dir>/thresholds.json
-    band_frac: float = 0.10
-    compare: str | None = None  # quantized ONNX whose disagreement with the model widens the band
+    band_frac: float = 0.10  # the band without --compare: this share of the images nearest the threshold
+    compare: str | None = None  # the quantized ONNX the band re-runs (fits the band to its flips)
+    band_flip_rate: float = 1 / 3  # with compare: re-run where FP32 changes the decision at least this often
     batch: int = 8
     overlap: int | None = None  # tile overlap the images are scored at; None: the package default, min(64, tile // 4)
     threads: int | None = None
@@ -67,6 +75,8 @@ class Thresholds:
     band_rule: dict = field(default_factory=dict)
     pixel_threshold: float = 0.5  # heatmap >= this is the binary mask
     pixel: dict = field(default_factory=dict)  # how the pixel threshold was fitted (calibration.pixel)
+    # a band re-run runs the tiles within this many raw logits of the best tile (None: the band's width)
+    rerun_margin: float | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -118,6 +128,31 @@ def threshold_at_fpr(p: np.ndarray, y: np.ndarray, target_fpr: float) -> float:
     return float((anchor + nxt) / 2)
 
 
+def flip_rate_band(s: np.ndarray, sq: np.ndarray, rate: float) -> tuple[float, float, dict]:
+    """(w_lo, w_hi, record): the band's logit half-widths below and above the threshold where the
+    quantized decision flips at FP32 at least `rate` of the time, read off dz = sq - s.
+
+    s, sq: the FP32 and quantized image logits, over the temperature, minus logit(threshold)."""
+    dz = sq - s
+    w_hi = max(0.0, float(np.quantile(dz, 1.0 - rate)))
+    w_lo = max(0.0, float(-np.quantile(dz, rate)))
+    flipped = (sq >= 0) != (s >= 0)
+    inside = (sq >= -w_lo) & (sq <= w_hi)
+    rec = {"rule": "flip rate: P(FP32 decides otherwise | quantized score) >= band_flip_rate",
+           "band_flip_rate": rate, "w_lo": w_lo, "w_hi": w_hi, "flips": int(flipped.sum()),
+           "flips_in_band": int((flipped & inside).sum()), "in_band": float(inside.mean()),
+           "dz_quantiles": {str(qq): float(np.quantile(dz, qq)) for qq in (0.05, 0.25, 0.5, 0.75, 0.95)},
+           "dz_max": float(np.abs(dz).max())}
+    return w_lo, w_hi, rec
+
+
+def rerun_margin(fp_tiles: list[np.ndarray], q_tiles: list[np.ndarray]) -> float:
+    """The smallest margin (raw logits) at which re-running the tiles within it of the quantized best
+    tile reaches the tile FP32 ranks best, on every image: max over images of q.max() - q[argmax fp]."""
+    gaps = [float(q.max() - q[int(np.argmax(f))]) for f, q in zip(fp_tiles, q_tiles) if len(f) == len(q) and len(f)]
+    return max(gaps, default=0.0)
+
+
 def _runner(model: str, threads: int | None):
     from ..quantize.evaluate import model_path_kind, onnx_runner, onnx_tile, torch_runner
 
@@ -141,6 +176,8 @@ def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
         raise DefakerError(f"--target-fpr must be in [0, 1), got {cfg.target_fpr}")
     if not 0.0 <= cfg.band_frac <= 1.0:
         raise DefakerError(f"--band-frac must be in [0, 1], got {cfg.band_frac}")
+    if not 0.0 < cfg.band_flip_rate <= 0.5:
+        raise DefakerError(f"--band-flip-rate must be in (0, 0.5], got {cfg.band_flip_rate}")
     run, tile, default_out, sha = _runner(cfg.model, cfg.threads)
     try:
         overlap = default_overlap(tile) if cfg.overlap is None else check_overlap(cfg.overlap, tile)
@@ -165,31 +202,29 @@ def calibrate_thresholds(cfg: ThresholdConfig) -> tuple[Thresholds, Path]:
     t = threshold_at_fpr(p, y, cfg.target_fpr)
     lt = _logit(t)
     w_frac = float(np.quantile(np.abs(z / T - lt), cfg.band_frac)) if cfg.band_frac > 0 else 0.0
-    w_quant, flips, dz_max = 0.0, None, None
+    rule: dict = {"rule": "logit half-width w_frac", "band_frac": cfg.band_frac, "w_frac": w_frac}
+    w_lo = w_hi = w_frac
+    margin = None
     if cfg.compare:
         qt = onnx_tile(cfg.compare)
         if qt != tile:
             raise DefakerError(f"--compare model has tile {qt}, the model {tile}")
-        qz = np.array([q.logit for q in predict_images(onnx_runner(cfg.compare, qt, cfg.threads), samples, qt,
-                                                       overlap=overlap, batch=cfg.batch, masks=False,
-                                                       desc="compare")])
-        flipped = (_sig(qz / T) >= t) != (p >= t)
-        flips = int(flipped.sum())
-        w_quant = float(np.abs(qz[flipped] / T - lt).max()) if flips else 0.0
-        dz_max = float(np.abs(qz - z).max() / T)
-    w = max(w_frac, w_quant)
+        qpreds = predict_images(onnx_runner(cfg.compare, qt, cfg.threads), samples, qt, overlap=overlap,
+                                batch=cfg.batch, masks=False, desc="compare")
+        qz = np.array([q.logit for q in qpreds])
+        w_lo, w_hi, rule = flip_rate_band(z / T - lt, qz / T - lt, cfg.band_flip_rate)
+        margin = rerun_margin([p.tile_logits for p in preds], [q.tile_logits for q in qpreds])
+        rule.update(rerun_margin_rule="largest gap between the quantized best tile and the tile FP32 ranks best")
     pred = p >= t
+    lo, hi = float(_sig(lt - w_lo)), float(_sig(lt + w_hi))
     measured = {"fpr": float(pred[y == 0].mean()), "tpr": float(pred[y == 1].mean()), "n": int(len(y)),
                 "n_real": int((y == 0).sum()), "n_fake": int((y == 1).sum()),
                 "nll_before": nll(z, y, 1.0), "nll_after": nll(z, y, T),
-                "in_band": float(((p >= _sig(lt - w)) & (p <= _sig(lt + w))).mean())}
-    th = Thresholds(temperature=T, threshold=t, band=[float(_sig(lt - w)), float(_sig(lt + w))],
+                "in_band": rule.get("in_band", float(((p >= lo) & (p <= hi)).mean()))}
+    rule.update(compare=cfg.compare, model_sha256=sha, data=str(cfg.data), overlap=overlap, created=utc_now())
+    th = Thresholds(temperature=T, threshold=t, band=[lo, hi],
                     target_fpr=cfg.target_fpr, measured=measured, pixel_threshold=pix.pop("pixel_threshold"),
-                    pixel=pix,
-                    band_rule={"rule": "logit half-width max(w_frac, w_quant)", "band_frac": cfg.band_frac,
-                               "w_frac": w_frac, "w_quant": w_quant, "compare": cfg.compare, "flips": flips, "dz_max": dz_max,
-                               "model_sha256": sha, "data": str(cfg.data), "overlap": overlap,
-                               "created": utc_now()})
+                    pixel=pix, band_rule=rule, rerun_margin=margin)
     out = Path(cfg.out) if cfg.out else default_out
     if out.suffix != ".json":
         out = out / "thresholds.json"

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "min(64, tile/4)). Less overlap, fewer tiles: 0 cuts a 1024² image into 4 tiles of 512 "
                         "instead of 9, about 2x faster, with unblended seams; calibrate thresholds at it first")
     p.add_argument("--force", action="store_true", help="replace an existing package at --out")
+    p.add_argument("--pixels-graph", action="store_true",
+                   help="also write model_fp32_pixels.onnx: the FP32 graph with the normalization and the DCT stream "
+                        "inside, run from uint8 tiles + the table (for GPUs and TensorRT; role 'pixels')")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run_export)
 
@@ -150,7 +153,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     pkg = export_package(ExportConfig(model=args.model, out=args.out, quantized=list(args.quantized), opset=args.opset,
                                       tile=args.tile, data=args.data, atol=args.atol, rtol=args.rtol,
-                                      simplify=not args.no_simplify, force=args.force, overlap=args.overlap))
+                                      simplify=not args.no_simplify, force=args.force, overlap=args.overlap,
+                                      pixels_graph=args.pixels_graph))
     m = pkg.manifest
     if args.json:
         print(json.dumps({"package": str(pkg.path), "model_id": m["model_id"],

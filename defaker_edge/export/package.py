@@ -19,7 +19,8 @@ import numpy as np
 
 from ..artifacts import publish_mode, read_json, sha256_file, tool_versions, utc_now, write_json
 from ..errors import ArtifactError, DefakerError
-from ..runtime.tiling import MEAN, NORMALIZED, RAW_FILL, STD, TileSpec, input_dtype, input_shape, normalize
+from ..runtime.tiling import MEAN, NORMALIZED, PIXELS, RAW_FILL, STD, TileSpec, input_dtype, input_shape, normalize
+from .pixels_graph import PIXELS_FILE, PIXELS_ROLE, pixels_agreement, write_pixels_model
 from .manifest import (DEFAULT_ATOL, FORMAT, GOLDEN, INPUT_NAME, MANIFEST, ONNX_FILES, OUTPUT_NAMES, SCHEMA_VERSION,
                        Problem, check_files, check_schema, file_entry, onnx_files, read_manifest)
 
@@ -48,6 +49,7 @@ class ExportConfig:
     model_id: str | None = None
     force: bool = False  # replace an existing package at `out`
     overlap: int | None = None  # tile overlap; None: the thresholds' own, else min(64, tile // 4)
+    pixels_graph: bool = False  # also the FP32 graph that runs from pixels + table (export.pixels_graph)
 
 
 @dataclass
@@ -181,8 +183,11 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
                   quantized: Sequence[str | os.PathLike] = (), opset: int = 17, tile: int | None = None,
                   data: str | os.PathLike | None = None, atol: float = 1e-3, rtol: float = 1e-3, n_random: int = 4,
                   seed: int = 0, simplify: bool = True, model_id: str | None = None, force: bool = False,
-                  overlap: int | None = None) -> Package:
+                  overlap: int | None = None, pixels_graph: bool = False) -> Package:
     """Export `model` (the FP32 student) and the quantized variants into a verified package at `out`.
+
+    `pixels_graph`: also write PIXELS_FILE, the FP32 graph with the input preparation and the DCT
+    stream inside (export.pixels_graph), taking uint8 tiles and the table: for GPUs and TensorRT.
 
     `overlap`: the runtime's tile overlap (None: what the thresholds were calibrated at, else
     min(64, tile // 4)). It must match the thresholds' own, since the threshold is fitted on
@@ -285,11 +290,19 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
             quant_manifests.append(qm)
             gates[p] = gate_record(qm)
             bar.update()
+        pixels_entry = {}
+        if pixels_graph:
+            if dct is None:
+                raise ArtifactError("--pixels-graph: the model has no DCT stream to move into its graph")
+            write_pixels_model(fp32, tmp / PIXELS_FILE, dct)
+            check_onnx(tmp / PIXELS_FILE)
+            validation["pixels_graph"] = pixels_agreement(tmp / PIXELS_FILE, fp32, real_u8, real_q)
+            pixels_entry = {"fp32-pixels": PIXELS_FILE}
         bar.set_description("golden outputs")
         g_u8, g_q = golden_input(tile, data), None
         if dct is not None:
             g_u8, g_q = as_jpeg(g_u8)
-        write_golden(tmp, files, g_u8, g_q)
+        write_golden(tmp, {**files, **pixels_entry}, g_u8, g_q)
         bar.update()
         cfg_json = read_json(model_dir / "config.json") if model_dir and (model_dir / "config.json").is_file() else {}
         cal, teacher, metrics = _provenance(model_dir, quant_manifests) if model_dir else ({}, {}, {})
@@ -305,7 +318,9 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
             "outputs": [{"name": "fake_logit", "shape": [-1]}, {"name": "mask_logits", "shape": [-1, 1, tile // 4, tile // 4]}],
             "files": [file_entry(tmp, rel, p, "onnx", role_of(p, gates.get(p)),
                                  **({"gate": gates[p]} if p in gates else {}),
-                                 **_input_override(input_formats.get(p), tile)) for p, rel in files.items()],
+                                 **_input_override(input_formats.get(p), tile)) for p, rel in files.items()]
+                     + [file_entry(tmp, PIXELS_FILE, "fp32", "onnx", PIXELS_ROLE, **_input_override(PIXELS, tile))
+                        for _ in pixels_entry],
             "thresholds": thresholds, "calibration": cal, "teacher": teacher, "metrics": metrics,
             "tools": tool_versions(),
             "golden": {"file": GOLDEN, "sha256": sha256_file(tmp / GOLDEN),
@@ -405,6 +420,9 @@ def _input_override(fmt: str | None, tile: int) -> dict[str, Any]:
     """A file entry's own input, for a file that does not take the package's (the raw-pixel CPU INT8 model)."""
     if not fmt or fmt == NORMALIZED:
         return {}
+    if fmt == PIXELS:
+        return {"input": {"format": fmt, "shape": [-1, tile, tile, 3], "dtype": "uint8", "layout": "NHWC",
+                          "extra_inputs": [{"name": "qtable", "shape": [-1, 64], "dtype": "float32"}]}}
     return {"input": {"format": fmt, "shape": [-1, *input_shape(fmt, tile)], "dtype": np.dtype(input_dtype(fmt)).name,
                       "layout": "NHWC", "pad_fill": [int(v) for v in RAW_FILL]}}
 
@@ -418,7 +436,7 @@ def export_package(cfg: ExportConfig) -> Package:
     return write_package(model, scfg, cfg.out, model_dir=cfg.model, quantized=cfg.quantized, opset=cfg.opset,
                          tile=cfg.tile, data=cfg.data, atol=cfg.atol, rtol=cfg.rtol, n_random=cfg.n_random,
                          seed=cfg.seed, simplify=cfg.simplify, model_id=cfg.model_id, force=cfg.force,
-                         overlap=cfg.overlap)
+                         overlap=cfg.overlap, pixels_graph=cfg.pixels_graph)
 
 
 def _check_onnx_io(package: Path, m: dict[str, Any]) -> tuple[list[Problem], dict[str, Any]]:
@@ -445,6 +463,9 @@ def _check_onnx_io(package: Path, m: dict[str, Any]) -> tuple[list[Problem], dic
                for t in (*sess.get_inputs(), *sess.get_outputs())}
         own = f.get("input") if isinstance(f.get("input"), dict) else {}
         exp = {**want, m["input"].get("name"): own["shape"]} if own.get("shape") else want
+        if isinstance(own.get("extra_inputs"), list):  # a file with its own further inputs (the pixels graph)
+            exp = {k: v for k, v in exp.items() if k not in (extra or {})}
+            exp.update({e.get("name"): e.get("shape") for e in own["extra_inputs"] if isinstance(e, dict)})
         if got != exp:
             probs.append(Problem(rel, f"inputs/outputs {got} do not match the manifest {exp}"))
         try:

@@ -34,6 +34,8 @@ class ImagePred:
     pixel: dict[str, float] | None  # pixel_scores() for fakes with a mask
     # [2, 256] mask-level counts over untouched / edited pixels (calibration.pixel), when asked for
     hist: np.ndarray | None = None
+    # the tiles' logits [N] before aggregation (the band's per-tile re-run is fitted on them)
+    tile_logits: np.ndarray | None = None
 
 
 def onnx_runner(path: str | os.PathLike, tile: int, threads: int | None = None) -> RunFn:
@@ -137,7 +139,7 @@ def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int | N
             pix = pixel_scores(prob, gt) if masks and fake_masked else None
             hist = level_histograms(prob, gt) if hists else None
         out.append(ImagePred(key=s.key or s.image, label=int(s.label), domain=s.domain,
-                             logit=aggregate_logits(tl), pixel=pix, hist=hist))
+                             logit=aggregate_logits(tl), pixel=pix, hist=hist, tile_logits=tl))
     return out
 
 

@@ -84,6 +84,9 @@ class Verdict:
     # the score fell inside the calibrated uncertainty band: re-checked at FP32 when that path exists
     # (then precision is "fp32" and `fallback` starts "band: ..."); the overlay's caption says so
     uncertain: bool = False
+    # tiles run again at FP32: a band re-run runs only the tiles that could decide the verdict
+    # (thresholds.rerun_margin); an error re-runs them all; 0 when the first answer stood
+    tiles_rerun: int = 0
     # the file the image was read from, for save_overlay (bytes, arrays and PIL images are not kept)
     source: str | None = None
     # the full-size heatmap, or how to make it: (quarter logits, dtype) until first access
@@ -172,7 +175,7 @@ class Verdict:
             "backend": self.backend, "precision": self.precision,
             "provider": self.provider, "fallback": self.fallback,
             "ms": round(self.timings.get("total_ms", float("nan")), 2),
-            "height": self.size[0], "width": self.size[1], "tiles": self.n_tiles,
+            "height": self.size[0], "width": self.size[1], "tiles": self.n_tiles, "tiles_rerun": self.tiles_rerun,
             "package_id": self.package_id, "manifest_sha256": self.manifest_sha256,
             **({"warning": self.warning} if self.warning else {}),
             **({"package_problems": self.package_problems} if self.package_problems else {}),
@@ -200,6 +203,22 @@ class _Job:
     source: str | None = None  # the path the image came from (Verdict.source)
     # the stream's coefficients of the whole image, computed once (dct.image_stream), sliced per tile
     stream: np.ndarray | None = None
+    # for a band re-run of only the deciding tiles: the mask logits of the tiles within `keep` (raw
+    # logits) of the best tile so far, by tile index (None: not kept). Pruned as the best rises, so a
+    # 100 MP image holds a few tiles' masks, not all
+    keep: float | None = None
+    kept: dict[int, np.ndarray] = field(default_factory=dict)
+    top: float = -np.inf
+
+    def keep_mask(self, i: int, logit: float, mask: np.ndarray) -> None:
+        if logit < self.top - self.keep:
+            return
+        self.kept[i] = np.array(mask, np.float32)
+        if logit > self.top:
+            self.top = logit
+            cut = logit - self.keep
+            for j in [j for j in self.kept if self.logits[j] < cut]:
+                del self.kept[j]
 
     @property
     def n(self) -> int:
@@ -217,6 +236,13 @@ class _Candidate:
         if self.kind == "torch":
             return "torch fp32"
         return self.entry.label if self.entry else self.precision
+
+
+class _TileMasks(dict):
+    """A stitcher stand-in for a partial re-run: keeps each tile's mask logits by its origin."""
+
+    def add(self, y0: int, x0: int, mask_logits: np.ndarray) -> None:
+        self[(y0, x0)] = np.array(mask_logits, np.float32)
 
 
 def pixels_of(src: Any, name: str | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -300,6 +326,11 @@ class Detector:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="defaker-run") if self.workers > 1 else None
         self._prep_n = max(1, min(4, (threads or os.cpu_count() or 1) * self.workers))
         self._prep = ThreadPoolExecutor(self._prep_n, thread_name_prefix="defaker-prep") if self._prep_n > 1 else None
+        # a verdict in the band re-runs at FP32 only the tiles within this many logits of its best
+        # tile (Thresholds.margin); their INT8 masks are kept while the tiles stream by, to be swapped
+        th = pkg.thresholds
+        self._rerun_margin = (th.margin() if th.band and backend.precision != "fp32" and fallback != "never"
+                              else None)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -531,7 +562,8 @@ class Detector:
         st = MaskStitcher(h, w, self.spec.tile, self.spec.overlap) if mask != "none" else None
         return _Job(name=label, img=img, origins=origins, logits=np.full(len(origins), np.nan, np.float32),
                     stitcher=st, decode_ms=(time.perf_counter() - t) * 1e3, qtable=q,
-                    source=str(src) if isinstance(src, (str, os.PathLike)) else None)
+                    source=str(src) if isinstance(src, (str, os.PathLike)) else None,
+                    keep=self._rerun_margin if st is not None else None)
 
     def _stream(self, jobs: Iterable[_Job], backend: Backend) -> Iterator[_Job]:
         """Run every job's tiles through `backend` in batches that may span images; yield jobs in order
@@ -549,7 +581,9 @@ class Detector:
         fmt = backend.input_format
         bufs = [tiling.input_buffer(fmt, B, T) for _ in range(W)]
         # the compression-history inputs, batch buffers beside the image's (empty for other models)
-        ebufs = [tiling.extra_buffers(B, T, backend.dct) for _ in range(W)]
+        ebufs = [tiling.extra_buffers(B, T, backend.dct, fmt) for _ in range(W)]
+        # a model that computes the stream in its graph (tiling.PIXELS) needs only the table
+        stream = backend.dct if fmt != tiling.PIXELS else None
         cur = 0
         refs: list[tuple[_Job, int]] = []
         pending: deque[tuple[Any, list[tuple[_Job, int]]]] = deque()
@@ -580,6 +614,8 @@ class Detector:
                         if job.stitcher is not None:
                             y, x = job.origins[i]
                             job.stitcher.add(y, x, mask[k, 0])
+                            if job.keep is not None:
+                                job.keep_mask(i, float(fake[k]), mask[k, 0])
                 job.done += 1
                 job.infer_ms += ms / n
 
@@ -611,8 +647,8 @@ class Detector:
                     continue
                 k = len(refs)
                 tp = time.perf_counter()
-                if backend.dct and job.stream is None:
-                    job.stream = self._image_stream(job.img, job.qtable, backend.dct)
+                if stream and job.stream is None:
+                    job.stream = self._image_stream(job.img, job.qtable, stream)
                 self._prepare(job.img, job.origins[i:i + take], bufs[cur][k:k + take], fmt,
                               {n: v[k:k + take] for n, v in ebufs[cur].items()}, job.qtable, backend.dct,
                               job.stream)
@@ -687,6 +723,7 @@ class Detector:
                 raise InferenceError(f"{job.name}: {be.describe()}: {reason} (fallback='never')")
             reason = None
         fb_ms = 0.0
+        rerun = 0
         if reason:
             fp = self._full_precision()
             if fp is None:
@@ -696,16 +733,7 @@ class Detector:
                 reason = f"{reason}; not re-run ({self._fp_error})"
             else:
                 t0 = time.perf_counter()
-                redo = _Job(name=job.name, img=job.img, origins=job.origins, qtable=job.qtable, source=job.source,
-                            stream=job.stream,
-                            logits=np.full(job.n, np.nan, np.float32),
-                            stitcher=MaskStitcher(*job.img.shape[:2], self.spec.tile, self.spec.overlap)
-                            if job.stitcher is not None else None)
-                for _ in self._stream([redo], fp):
-                    pass
-                if redo.error:
-                    raise InferenceError(f"{job.name}: {reason}; the full-precision path failed too: {redo.error}")
-                job, be = redo, fp
+                job, be, rerun = self._rerun(job, fp, reason, partial=soft)
                 logit = tiling.aggregate_logits(job.logits)
                 prob = float(sigmoid(np.float64(logit / th.temperature)))
                 fb_ms = (time.perf_counter() - t0) * 1e3
@@ -729,7 +757,43 @@ class Detector:
                        pixel_threshold=th.pixel_threshold,
                        backend=be.name, precision=be.precision, fallback=fb, timings=timings, logit=logit,
                        provider=be.provider, image=job.name, size=(h, w), n_tiles=job.n, mask_quarter=quarter,
-                       package_problems=list(self.package_problems), uncertain=uncertain, source=job.source)
+                       package_problems=list(self.package_problems), uncertain=uncertain, source=job.source,
+                       tiles_rerun=rerun)
+
+    def _rerun(self, job: _Job, fp: Backend, reason: str, partial: bool) -> tuple[_Job, Backend, int]:
+        """`job` answered again on the full-precision backend: (the answered job, fp, tiles re-run).
+
+        An error re-runs every tile. A band re-run (`partial`) runs only the tiles within the margin
+        of the best tile: the image logit is the maximum, and a tile further below cannot become the
+        maximum at FP32 (the margin is twice the largest INT8-vs-FP32 tile gap seen in calibration).
+        Their FP32 logits replace the INT8 ones, and their masks the INT8 masks, in place."""
+        if partial and job.keep is not None:
+            idx = np.flatnonzero(job.logits >= job.logits.max() - job.keep)
+        elif partial and job.stitcher is None:  # no masks to swap: the tiles alone decide
+            idx = np.flatnonzero(job.logits >= job.logits.max() - self.package.thresholds.margin())
+        else:
+            idx = np.arange(job.n)
+        full = len(idx) == job.n
+        masks = _TileMasks() if (job.stitcher is not None and not full) else None
+        redo = _Job(name=job.name, img=job.img, origins=[job.origins[i] for i in idx], qtable=job.qtable,
+                    source=job.source, stream=job.stream, logits=np.full(len(idx), np.nan, np.float32),
+                    stitcher=masks if masks is not None else (
+                        MaskStitcher(*job.img.shape[:2], self.spec.tile, self.spec.overlap)
+                        if job.stitcher is not None else None))
+        for _ in self._stream([redo], fp):
+            pass
+        if redo.error:
+            raise InferenceError(f"{job.name}: {reason}; the full-precision path failed too: {redo.error}")
+        if full:
+            # the verdict's timings stay the first pass's (decode, prep, infer) plus fallback_ms
+            redo.decode_ms, redo.prep_ms, redo.infer_ms = job.decode_ms, job.prep_ms, job.infer_ms
+            return redo, fp, len(idx)
+        job.logits[idx] = redo.logits
+        if masks is not None:
+            for i, (y, x) in zip(idx, redo.origins):
+                job.stitcher.replace(y, x, job.kept[i], masks[(y, x)])
+        job.kept.clear()
+        return job, fp, len(idx)
 
     def check(self, image: ImageSource, *, name: str | None = None, mask: str | None = None,
               max_pixels: int | None = None, decode_timeout: float | None = None) -> Verdict:
@@ -769,6 +833,7 @@ class Detector:
                 v = e
             finally:
                 job.img = job.stream = None  # let the pixels go before the next image decodes
+                job.kept.clear()
             yield v
 
     def info(self) -> dict[str, Any]:

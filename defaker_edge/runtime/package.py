@@ -7,6 +7,7 @@ Detector calls `verify_file` before it hands a path to a backend.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,19 @@ class Thresholds:
     band: tuple[float, float] | None = None  # re-run at full precision when lo <= prob <= hi
     pixel_threshold: float = 0.5  # heatmap >= this marks a pixel edited (older packages: 0.5)
     aggregate: str = "max"
+    # a band re-run runs at full precision only the tiles whose logit is >= the image's (the max
+    # tile's) minus this (raw logits): the only tiles whose FP32 logit could become the maximum.
+    # None (older packages): the band's own width in logits
+    rerun_margin: float | None = None
+
+    def margin(self) -> float:
+        """rerun_margin, or the band's width in raw logits where the package gives none."""
+        if self.rerun_margin is not None:
+            return self.rerun_margin
+        if not self.band:
+            return 0.0
+        lo, hi = (min(max(p, 1e-12), 1 - 1e-12) for p in self.band)
+        return float((math.log(hi / (1 - hi)) - math.log(lo / (1 - lo))) * self.temperature)
 
 
 @dataclass
@@ -105,10 +119,16 @@ class Package:
         return self.root / entry.path
 
     def onnx(self, precision: str) -> FileEntry | None:
+        """The ONNX file of `precision` the runtime runs (never the pixels graph: see `pixels`)."""
         for f in self.files:
-            if f.format == "onnx" and f.precision == precision:
+            if f.format == "onnx" and f.precision == precision and f.role != "pixels":
                 return f
         return None
+
+    def pixels(self) -> FileEntry | None:
+        """The FP32 graph that runs from pixels + table (`export --pixels-graph`), for GPU and TensorRT
+        callers; the CPU path keeps the numpy stream, which measured faster."""
+        return next((f for f in self.files if f.format == "onnx" and f.role == "pixels"), None)
 
     def engines(self) -> list[FileEntry]:
         return [f for f in self.files if f.is_engine]
@@ -137,7 +157,8 @@ def _thresholds(d: Any, where: Path | str | None = None) -> Thresholds:
     band = d.get("band")
     return Thresholds(temperature=float(d["temperature"]), threshold=float(d["threshold"]),
                       band=(float(band[0]), float(band[1])) if band else None, aggregate=d.get("aggregate", "max"),
-                      pixel_threshold=float(d.get("pixel_threshold") or 0.5))
+                      pixel_threshold=float(d.get("pixel_threshold") or 0.5),
+                      rerun_margin=None if d.get("rerun_margin") is None else float(d["rerun_margin"]))
 
 
 def resolve_package_dir(package: str | Path | None) -> Path:

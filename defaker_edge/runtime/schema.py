@@ -77,6 +77,9 @@ def check_thresholds(th: Any) -> list[tuple[str, str]]:
     pt = th.get("pixel_threshold")
     if pt is not None and not (_is_num(pt) and 0.0 < pt < 1.0):
         out.append(("thresholds.pixel_threshold", f"{pt!r} must be a probability strictly between 0 and 1"))
+    rm = th.get("rerun_margin")
+    if rm is not None and not (_is_num(rm) and rm >= 0):
+        out.append(("thresholds.rerun_margin", f"{rm!r} must be a number >= 0 (logits) or null"))
     if th.get("aggregate", "max") != "max":
         # the runtime aggregates tiles with max; thresholds calibrated on another rule would not fit
         out.append(("thresholds.aggregate", f"{th.get('aggregate')!r} is not supported (only 'max')"))

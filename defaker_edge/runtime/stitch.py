@@ -38,16 +38,25 @@ class MaskStitcher:
         self.wsum = np.zeros((ch, cw), dtype=np.float32)
         self.win = blend_window(self.q, max(0, overlap // STRIDE))
 
-    def add(self, y0: int, x0: int, mask_logits: np.ndarray) -> None:
-        """Add one tile's [T/4, T/4] (or [1, T/4, T/4]) logits; (y0, x0) is its full-res origin."""
-        m = np.asarray(mask_logits, dtype=np.float32).reshape(self.q, self.q)
+    def _cells(self, y0: int, x0: int) -> tuple[slice, slice]:
         ch, cw = self.acc.shape
         # only a border-flush tile sits off the 4-px grid; rounding it up (towards the border it is
         # flush with) keeps the image's last cells covered; the shift is under one cell
         y = min(-(-y0 // STRIDE), ch - self.q)
         x = min(-(-x0 // STRIDE), cw - self.q)
-        self.acc[y:y + self.q, x:x + self.q] += self.win * m
-        self.wsum[y:y + self.q, x:x + self.q] += self.win
+        return slice(y, y + self.q), slice(x, x + self.q)
+
+    def add(self, y0: int, x0: int, mask_logits: np.ndarray) -> None:
+        """Add one tile's [T/4, T/4] (or [1, T/4, T/4]) logits; (y0, x0) is its full-res origin."""
+        m = np.asarray(mask_logits, dtype=np.float32).reshape(self.q, self.q)
+        cells = self._cells(y0, x0)
+        self.acc[cells] += self.win * m
+        self.wsum[cells] += self.win
+
+    def replace(self, y0: int, x0: int, old: np.ndarray, new: np.ndarray) -> None:
+        """Swap a tile's logits that `add` took (`old`) for `new` (the band's FP32 re-run of that tile)."""
+        d = (np.asarray(new, np.float32).reshape(self.q, self.q) - np.asarray(old, np.float32).reshape(self.q, self.q))
+        self.acc[self._cells(y0, x0)] += self.win * d
 
     def logits_quarter(self) -> np.ndarray:
         """float32 [ceil(h/4), ceil(w/4)] blended logits."""

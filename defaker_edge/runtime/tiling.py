@@ -113,7 +113,10 @@ NORMALIZED = "f32-nchw"  # float32 [N, 3, T, T], (x/255 - mean) / std
 # rounded: the CPU INT8 model's input, with the normalization folded into its first conv
 # (quantize.raw_input says why this layout)
 RAW_S2D = "u8-s2d2"
-INPUT_FORMATS = (NORMALIZED, RAW_S2D)
+# uint8 [N, T, T, 3]: the tiles as decoded, for a file that normalizes and computes its DCT stream
+# itself (export.pixels_graph: one graph from pixels + table, for GPUs); it takes qtable beside
+PIXELS = "u8-nhwc"
+INPUT_FORMATS = (NORMALIZED, RAW_S2D, PIXELS)
 # the mean colour rounded to a pixel value: RAW_S2D's padding stands in for the normalized
 # input's zero padding (the exact mean), at most 0.47 grey levels off, on the pad ring only
 RAW_FILL = np.rint(np.asarray(MEAN) * 255).astype(np.uint8)
@@ -135,18 +138,24 @@ def model_format(model) -> str:
 
 def input_shape(fmt: str, tile: int) -> tuple[int, int, int]:
     """The model input's shape without the batch dim."""
-    if check_format(fmt) == RAW_S2D:
+    fmt = check_format(fmt)
+    if fmt == RAW_S2D:
         return (tile // 2 + 1, tile // 2 + 1, 12)
+    if fmt == PIXELS:
+        return (tile, tile, 3)
     return (3, tile, tile)
 
 
 def input_dtype(fmt: str) -> type:
-    return np.uint8 if check_format(fmt) == RAW_S2D else np.float32
+    return np.uint8 if check_format(fmt) in (RAW_S2D, PIXELS) else np.float32
 
 
 def tile_of(fmt: str, dims: list[int] | tuple[int, ...]) -> int:
     """The tile size from a model input's declared dims (batch first): the inverse of input_shape."""
-    return (int(dims[1]) - 1) * 2 if check_format(fmt) == RAW_S2D else int(dims[-1])
+    fmt = check_format(fmt)
+    if fmt == RAW_S2D:
+        return (int(dims[1]) - 1) * 2
+    return int(dims[1]) if fmt == PIXELS else int(dims[-1])
 
 
 def space_to_depth(tiles: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -184,8 +193,14 @@ def input_buffer(fmt: str, n: int, tile: int) -> np.ndarray:
 
 def prepare(tiles: np.ndarray, fmt: str = NORMALIZED, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 tiles [N, T, T, 3] -> the model input in `fmt` (written into `out` if given)."""
-    if check_format(fmt) == RAW_S2D:
+    fmt = check_format(fmt)
+    if fmt == RAW_S2D:
         return space_to_depth(tiles, out)
+    if fmt == PIXELS:
+        if out is None:
+            return np.ascontiguousarray(tiles, dtype=np.uint8)
+        out[...] = tiles
+        return out
     return normalize(tiles, out)
 
 
@@ -213,16 +228,27 @@ def model_dct(model) -> tuple[int, int] | None:
     return parse_dct({p.key: p.value for p in model.metadata_props}.get(DCT_KEY))
 
 
-def extra_inputs(tiles: np.ndarray, tables: np.ndarray | None, dct: tuple[int, int] | None) -> dict[str, np.ndarray]:
+def extra_inputs(tiles: np.ndarray, tables: np.ndarray | None, dct: tuple[int, int] | None,
+                 fmt: str | None = None) -> dict[str, np.ndarray]:
     """The inputs beside the image for uint8 tiles [N, T, T, 3] and their files' luma tables [N, 64]
-    (None: no table, e.g. an array handed to the API): {} for a model without the stream."""
+    (None: no table, e.g. an array handed to the API): {} for a model without the stream; only
+    the table for a PIXELS model (it computes the stream itself)."""
     if dct is None:
         return {}
     from .dct import NO_TABLE, dct_stream
 
     n = len(tiles)
     q = np.broadcast_to(NO_TABLE, (n, 64)) if tables is None else np.asarray(tables, np.float32).reshape(n, 64)
+    if fmt == PIXELS:
+        return {"qtable": np.ascontiguousarray(q, dtype=np.float32)}
     return {"dct": dct_stream(tiles, q, *dct), "qtable": np.ascontiguousarray(q, dtype=np.float32)}
+
+
+def extra_names(fmt: str, dct: tuple[int, int] | None) -> tuple[str, ...]:
+    """The names of the inputs a model of `fmt` (with the stream `dct`, or None) takes beside the image."""
+    if dct is None:
+        return ()
+    return ("qtable",) if fmt == PIXELS else EXTRA_INPUTS
 
 
 def fill_extra(out: dict[str, np.ndarray], tiles: np.ndarray, tables: np.ndarray | None,
@@ -239,6 +265,8 @@ def fill_extra(out: dict[str, np.ndarray], tiles: np.ndarray, tables: np.ndarray
     n, tile = len(tiles), tiles.shape[1]
     q = np.broadcast_to(NO_TABLE, (n, 64)) if tables is None else np.asarray(tables, np.float32).reshape(n, 64)
     out["qtable"][:n] = q
+    if "dct" not in out:  # a PIXELS model: the stream is computed in its graph
+        return
     rest = list(range(n))
     if stream is not None and origins is not None:
         rest = []
@@ -252,10 +280,13 @@ def fill_extra(out: dict[str, np.ndarray], tiles: np.ndarray, tables: np.ndarray
         out["dct"][rest] = dct_stream(tiles[rest], q[rest], *dct)
 
 
-def extra_buffers(n: int, tile: int, dct: tuple[int, int] | None) -> dict[str, np.ndarray]:
-    """Empty batch buffers for `extra_inputs` of `n` tiles ({} for a model without the stream)."""
+def extra_buffers(n: int, tile: int, dct: tuple[int, int] | None, fmt: str | None = None) -> dict[str, np.ndarray]:
+    """Empty batch buffers for `extra_inputs` of `n` tiles ({} for a model without the stream, only
+    the table for a PIXELS model)."""
     if dct is None:
         return {}
+    if fmt == PIXELS:
+        return {"qtable": np.empty((n, 64), np.float32)}
     return {"dct": np.empty((n, dct[0], tile // 8, tile // 8), np.float32), "qtable": np.empty((n, 64), np.float32)}
 
 

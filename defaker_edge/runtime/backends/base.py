@@ -46,7 +46,8 @@ class Backend(ABC):
     def run_tiles(self, tiles: np.ndarray, tables: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """uint8 tiles [N,T,T,3] (+ their files' luma tables [N, 64], None: none) -> run() on them
         in this backend's input format."""
-        return self.run(tiling.prepare(tiles, self.input_format), tiling.extra_inputs(tiles, tables, self.dct))
+        return self.run(tiling.prepare(tiles, self.input_format),
+                        tiling.extra_inputs(tiles, tables, self.dct, self.input_format))
 
     def close(self) -> None:  # release device memory; a no-op for host backends
         pass

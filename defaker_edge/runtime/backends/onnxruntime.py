@@ -100,7 +100,7 @@ def session_feeds(session, tiles: np.ndarray, tables: np.ndarray | None = None) 
     """Every input of `session`'s model for uint8 tiles (and their files' luma tables), by name."""
     names = [i.name for i in session.get_inputs()]
     feeds = {names[0]: session_input(session, tiles)}
-    feeds.update(tiling.extra_inputs(tiles, tables, session_dct(session)))
+    feeds.update(tiling.extra_inputs(tiles, tables, session_dct(session), input_format(session)))
     return feeds
 
 
@@ -132,11 +132,10 @@ class OrtBackend(Backend):
             self.dct = session_dct(self.session)
         except ValueError as e:
             raise BackendUnavailable(f"{self.path.name}: {e}") from None
-        want = 1 + (len(tiling.EXTRA_INPUTS) if self.dct else 0)
+        self.extra = tiling.extra_names(self.input_format, self.dct)
         names = [i.name for i in inputs]
-        if len(inputs) != want or (self.dct and tuple(names[1:]) != tiling.EXTRA_INPUTS):
-            raise BackendUnavailable(f"{self.path.name}: expected inputs "
-                                     f"{['image', *(tiling.EXTRA_INPUTS if self.dct else ())]}, found {names}")
+        if tuple(names[1:]) != self.extra:
+            raise BackendUnavailable(f"{self.path.name}: expected inputs {['image', *self.extra]}, found {names}")
         self.input_name = inputs[0].name
         self._dtype = tiling.input_dtype(self.input_format)
         if input_name and input_name != self.input_name:
@@ -154,10 +153,10 @@ class OrtBackend(Backend):
                              "prepare tiles with tiling.prepare(tiles, backend.input_format) or use run_tiles")
         x = np.ascontiguousarray(batch, dtype=self._dtype)
         feeds = {self.input_name: x}
-        if self.dct:
-            if not extra or any(k not in extra for k in tiling.EXTRA_INPUTS):
-                raise ValueError(f"{self.path.name} also takes {', '.join(tiling.EXTRA_INPUTS)}: "
+        if self.extra:
+            if not extra or any(k not in extra for k in self.extra):
+                raise ValueError(f"{self.path.name} also takes {', '.join(self.extra)}: "
                                  "make them with tiling.extra_inputs or use run_tiles")
-            feeds.update({k: np.ascontiguousarray(extra[k], dtype=np.float32) for k in tiling.EXTRA_INPUTS})
+            feeds.update({k: np.ascontiguousarray(extra[k], dtype=np.float32) for k in self.extra})
         fake, mask = self.session.run(self.outputs, feeds)
         return check_outputs(fake, mask, x.shape[0], self.tile)
