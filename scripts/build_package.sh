@@ -6,14 +6,15 @@
 # INT8-CPU disagreements, export, a check that no shipped file failed its gate, verify.
 # Knobs (environment): BIN (.venv/bin), WORK (runs/default), DATA ($WORK/data/manifest.jsonl: its val
 # split fits the thresholds), CALIB_N (128), FP8 (0), NEW_CALIB (1: rebuild $WORK/calib), OVERLAP (the
-# tile overlap the thresholds are fitted at and the package ships with; default: the runtime's).
+# tile overlap the thresholds are fitted at and the package ships with; default: the runtime's), PKG
+# (defaker_edge/models/default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 WORK=${WORK:-runs/default}
 DATA=${DATA:-$WORK/data/manifest.jsonl}
 CALIB_N=${CALIB_N:-128}  # ModelOpt fake-quant calibration is ~1 s per tile on 2 cores
-PKG=defaker_edge/models/default
+PKG=${PKG:-defaker_edge/models/default}
 OV=(${OVERLAP:+--overlap "$OVERLAP"})
 say() { echo "== [$(date +%H:%M:%S)] $*" >&2; }
 
