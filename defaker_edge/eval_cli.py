@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike, *,
                          threshold: float = 0.5, split: str | None = None,
                          pixel_threshold: float | None = None) -> dict:
+    import numpy as np
+
     from .data.dataset import load_dataset
     from .data.io import load_mask
     from .errors import DatasetError
@@ -58,8 +60,24 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
             problems.append(f"line {n}: {e}")
     if problems:
         raise DatasetError(f"{ppath}: bad lines:\n  " + "\n  ".join(problems[:20]))
+    from .data.io import load_image
+
+    def predicted(d: dict) -> tuple[np.ndarray | None, float]:
+        """The heatmap (probabilities) where the line names one, cut at the line's pixel threshold (F1 at
+        the shipped cut, best-cut F1 and pixel AUC from one file); else the mask PNG at 0.5 (a binary
+        mask: the cut it was made at); (None, 0.5) when the line has neither."""
+        key = "heatmap" if d.get("heatmap") else "mask" if d.get("mask") else None
+        if key is None:
+            return None, 0.5
+        mp = Path(d[key])
+        mp = mp if mp.is_absolute() else proot / mp
+        cut = 0.5 if key != "heatmap" else (
+            pixel_threshold if pixel_threshold is not None else float(d.get("pixel_threshold", 0.5)))
+        return load_image(mp)[:, :, 0], cut
+
     records = []
     missing = []
+    false_marks: dict[str, list[float]] = {}  # domain -> per authentic image, the share of pixels marked
     for s in samples:
         d = preds.get(s.key) or preds.get(s.image) or preds.get(os.path.basename(s.image))
         if d is None:
@@ -68,31 +86,33 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
         pix = None
         if s.label == 1 and s.mask:
             gt, _ = load_mask(s.mask)
-            # the heatmap (probabilities) where the line names one, cut at the line's pixel threshold:
-            # F1 at the shipped cut, best-cut F1 and pixel AUC from one file; else the mask PNG at 0.5
-            # (a binary mask: the cut it was made at)
-            key = "heatmap" if d.get("heatmap") else "mask" if d.get("mask") else None
-            if key:
-                mp = Path(d[key])
-                mp = mp if mp.is_absolute() else proot / mp
-                from .data.io import load_image
-                pm = load_image(mp)[:, :, 0]
+            pm, cut = predicted(d)
+            if pm is not None:
                 if pm.shape != gt.shape:
-                    raise DatasetError(f"{mp}: predicted mask is {pm.shape[1]}x{pm.shape[0]}, "
-                                       f"ground truth is {gt.shape[1]}x{gt.shape[0]}")
-                cut = 0.5 if key != "heatmap" else (
-                    pixel_threshold if pixel_threshold is not None else float(d.get("pixel_threshold", 0.5)))
+                    raise DatasetError(f"{d.get('heatmap') or d.get('mask')}: predicted mask is "
+                                       f"{pm.shape[1]}x{pm.shape[0]}, ground truth is {gt.shape[1]}x{gt.shape[0]}")
                 pix = pixel_scores(pm, gt, threshold=cut)
             else:  # no mask predicted
                 pix = {"pixel_f1": 0.0, "pixel_f1_best": 0.0, "pixel_iou": 0.0, "pixel_auc": 0.5}
+        elif s.label == 0:
+            pm, cut = predicted(d)
+            if pm is not None:  # what the binary mask wrongly marks on an untouched image
+                false_marks.setdefault(s.domain, []).append(float((pm.astype(np.float64) / 255.0 >= cut).mean()))
         records.append(Record(label=s.label, fake_prob=float(d["fake_prob"]), domain=s.domain, pixel=pix,
                               kind=s.kind))
     if missing:
         raise DatasetError(f"{len(missing)} dataset image(s) have no prediction, e.g.: " + ", ".join(missing[:5]))
-    return summarize(records, threshold)
+    report = summarize(records, threshold)
+    # the pixel false-positive rate on authentic images: the cost side of the pixel cut
+    if false_marks:
+        report["overall"]["pixel_fpr_authentic"] = float(np.mean([v for vs in false_marks.values() for v in vs]))
+        for dom, vs in false_marks.items():
+            report["per_domain"].setdefault(dom, {})["pixel_fpr_authentic"] = float(np.mean(vs))
+    return report
 
 
-COLUMNS = ("n_fake", "n_real", "image_auc", "balanced_acc", "pixel_f1", "pixel_f1_best", "pixel_iou", "pixel_auc")
+COLUMNS = ("n_fake", "n_real", "image_auc", "balanced_acc", "pixel_f1", "pixel_f1_best", "pixel_iou", "pixel_auc",
+           "pixel_fpr_authentic")
 
 
 def markdown_table(report: dict) -> str:

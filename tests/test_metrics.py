@@ -126,13 +126,15 @@ def test_eval_cli_scores_heatmaps_at_their_pixel_threshold(tmp_path, capsys):
     pred_dir = tmp_path / "pred"
     pred_dir.mkdir()
     preds, f1_at = [], {0.3: [], 0.7: []}
-    aucs = []
+    aucs, marked = [], []
     for i, (label, gt, h, w) in enumerate(truth):
         entry = {"image": f"images/{i}.png", "fake_prob": float(rng.random()), "pixel_threshold": 0.3}
+        heat = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        Image.fromarray(heat).save(pred_dir / f"{i}.heatmap.png")
+        entry["heatmap"] = f"{i}.heatmap.png"
+        if not label:  # an authentic image's heatmap: what its binary mask wrongly marks
+            marked.append(float((heat / 255.0 >= 0.3).mean()))
         if label:
-            heat = rng.integers(0, 256, (h, w), dtype=np.uint8)
-            Image.fromarray(heat).save(pred_dir / f"{i}.heatmap.png")
-            entry["heatmap"] = f"{i}.heatmap.png"
             for cut in f1_at:
                 f1_at[cut].append(f1_score((gt > 0).ravel(), (heat / 255.0 >= cut).ravel()))
             aucs.append(roc_auc_score((gt > 0).ravel(), heat.ravel()))
@@ -143,6 +145,7 @@ def test_eval_cli_scores_heatmaps_at_their_pixel_threshold(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert abs(r["overall"]["pixel_f1"] - np.mean(f1_at[0.3])) < 1e-6
     assert abs(r["overall"]["pixel_auc"] - np.mean(aucs)) < 1e-6
+    assert abs(r["overall"]["pixel_fpr_authentic"] - np.mean(marked)) < 1e-6
     assert main(args + ["--pixel-threshold", "0.7"]) == 0
     assert abs(json.loads(capsys.readouterr().out)["overall"]["pixel_f1"] - np.mean(f1_at[0.7])) < 1e-6
     assert main(args + ["--pixel-threshold", "1.5"]) == 2
