@@ -134,10 +134,12 @@ def test_calibrate_thresholds_end_to_end(toy, tmp_path):
     lo, hi = d["band"]
     assert lo <= d["threshold"] <= hi
     _thresholds(d, path)  # the runtime's package reader accepts it
-    # the binary mask's cut: fitted on the same images (the f1 rule by default), both rules recorded
-    assert 0.0 < d["pixel_threshold"] < 1.0 and d["pixel"]["pixel_rule"] == "f1"
+    # the binary mask's cut: fitted on the same images (a 5% pixel budget on authentic images by default),
+    # both rules recorded
+    assert 0.0 < d["pixel_threshold"] < 1.0 and d["pixel"]["pixel_rule"] == "fpr"
     cand = d["pixel"]["candidates"]
-    assert d["pixel_threshold"] == cand["f1"]["threshold"] and cand["f1"]["mean_f1"] >= d["pixel"]["at_0.5"]["mean_f1"]
+    assert d["pixel_threshold"] == cand["fpr"]["threshold"] and cand["fpr"]["mean_pixel_fpr"] <= 0.05
+    assert cand["f1"]["mean_f1"] >= d["pixel"]["at_0.5"]["mean_f1"]
     assert d["pixel"]["n_fake_masks"] > 0 and d["pixel"]["n_real"] > 0
     assert _thresholds(d, path).pixel_threshold == d["pixel_threshold"]
 

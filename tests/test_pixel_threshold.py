@@ -23,7 +23,7 @@ def test_f1_rule_finds_the_cut_a_faint_mask_needs():
     fakes = [level_histograms(*_faint(rng)) for _ in range(5)]
     reals = [level_histograms(np.clip(rng.normal(0.05, 0.02, (64, 64)), 0, 1), None) for _ in range(5)]
     fit = fit_pixel_threshold(fakes, reals, "f1")
-    assert 0.1 < fit["pixel_threshold"] < 0.3
+    assert fit["pixel_rule"] == "f1" and 0.1 < fit["pixel_threshold"] < 0.3
     assert fit["candidates"]["f1"]["mean_f1"] > 0.95 and fit["at_0.5"]["mean_f1"] == 0.0
     # the cut means what pixel_scores means by it: F1 there equals the histogram's figure
     prob, gt = _faint(np.random.default_rng(0))

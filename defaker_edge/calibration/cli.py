@@ -57,10 +57,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--band-flip-rate", type=float, default=1 / 3,
                    help="with --compare: re-run where FP32 changes the quantized decision at least this often "
                         "(default 1/3; smaller: a wider band, more re-runs)")
-    t.add_argument("--pixel-rule", choices=("f1", "fpr"), default="f1",
-                   help="the binary mask's cut on the heatmap: f1 = best mean pixel F1 on the split's manipulated "
-                        "images (default), fpr = the lowest cut marking at most --pixel-fpr of authentic pixels")
-    t.add_argument("--pixel-fpr", type=float, default=0.01, help="pixel false-positive budget of --pixel-rule fpr")
+    t.add_argument("--pixel-rule", choices=("fpr", "f1"), default="fpr",
+                   help="the binary mask's cut on the heatmap: fpr = the lowest cut that marks at most --pixel-fpr "
+                        "of an authentic image's pixels (default), f1 = the best mean pixel F1 on the split's "
+                        "manipulated images, whatever it marks on authentic ones")
+    t.add_argument("--pixel-fpr", type=float, default=0.05,
+                   help="share of an authentic image's pixels the binary mask may mark (default 0.05)")
     t.add_argument("--out", help="output file or dir (default: <model dir>/thresholds.json)")
     t.add_argument("--overlap", type=int,
                    help="tile overlap in px the images are scored at (default min(64, tile/4): 64 at 512). "

@@ -9,7 +9,9 @@ mask probability (256 levels, as metrics.pixel_scores reads them), by one of two
          metrics report), ignoring authentic images;
 - "fpr": the lowest level whose mean pixel false-positive rate over the authentic images is at most
          `fpr` (a budget of pixels wrongly marked on untouched photos).
-Which generalizes is a measurement on the held-out set (README, Status); both are recorded.
+Which generalizes is a measurement on the held-out set (README, Status); both are recorded. The
+default is "fpr" at 5%: on the held-out photos "f1" marked 27% of authentic images' pixels (47% on
+natural photos) for a pixel F1 of 0.07, while a pixel budget fitted on val held within 2x out of it.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ def level_to_threshold(level: int) -> float:
     return float(min(1.0, max(0.0, (level - 0.5) / 255.0)))
 
 
-def fit_pixel_threshold(fakes: list[np.ndarray], reals: list[np.ndarray], rule: str = "f1",
-                        fpr: float = 0.01) -> dict:
+def fit_pixel_threshold(fakes: list[np.ndarray], reals: list[np.ndarray], rule: str = "fpr",
+                        fpr: float = 0.05) -> dict:
     """{"pixel_threshold", "pixel_rule", "candidates": {rule: {threshold, f1, fpr}}} from level histograms."""
     if rule not in ("f1", "fpr"):
         raise ValueError(f"pixel rule must be 'f1' or 'fpr', got {rule!r}")
