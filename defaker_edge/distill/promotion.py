@@ -92,17 +92,18 @@ def plot_ledger(ledger: str, out: str) -> str:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     evals = [ln for ln in runs if "heldout" in ln]
     for dom, style in (("all", "-o"), ("natural", "--s"), ("document", ":^")):
-        xs = [ln["cpu_hours"] for ln in evals if dom in ln["heldout"]]
-        ys = [ln["heldout"][dom]["image_auc"] for ln in evals if dom in ln["heldout"]]
-        if xs:
-            ax1.plot(xs, ys, style, label=f"{dom}")
+        # the program starts from the shipped student: its score is the curve's point at 0 CPU hours
+        start = [(0.0, base[0]["heldout"][dom]["image_auc"])] if base and dom in base[0]["heldout"] else []
+        pts = start + [(ln["cpu_hours"], ln["heldout"][dom]["image_auc"]) for ln in evals if dom in ln["heldout"]]
+        if pts:
+            ax1.plot(*zip(*pts), style, label=f"{dom}")
         if base and dom in base[-1]["heldout"]:
             ax1.axhline(base[-1]["heldout"][dom]["image_auc"], ls=style[:-1] or "-", lw=0.8, color="grey")
     ax1.axhline(0.5, color="k", lw=0.5)
-    ax1.set_xlabel("CPU hours (cumulative, all sessions)")
+    ax1.set_xlabel("CPU hours of the program (cumulative, all sessions)")
     ax1.set_ylabel("held-out image AUC")
     ax1.set_title(f"held-out real-photo set (n={evals[-1]['heldout']['all']['n'] if evals else 0}); "
-                  "grey: shipped student", fontsize=9)
+                  "at 0 and grey: the shipped student", fontsize=9)
     ax1.legend(fontsize=8)
     xs = [ln["cpu_hours"] for ln in runs if ln.get("train_loss") is not None]
     ax2.plot(xs, [ln["train_loss"] for ln in runs if ln.get("train_loss") is not None], "-")
