@@ -322,3 +322,51 @@ def test_sigterm_ends_a_session_like_its_budget(manifest, tmp_path):
     assert "stopping after this step" in err
     last = json.loads(ledger.read_text().splitlines()[-1])
     assert last["step"] >= 1 and last["heldout"]["all"]["n"] == 4
+
+
+def test_snapshot_ensemble_is_the_mean_and_its_mirror_is_exact(tmp_path):
+    """The stand-in teacher: the members' mean; a mirrored tile's stream is the stream mirrored, so the
+    flip member equals running the student on the mirrored tile with its own stream."""
+    from safetensors.torch import save_file
+
+    from defaker_edge.distill.ensemble import SnapshotEnsemble, build_ensemble
+    from defaker_edge.runtime.dct import dct_stream, read_qtable
+    from defaker_edge.student import StudentConfig, build_student, save_student
+    from defaker_edge.student.inputs import dct_spec
+
+    cfg = StudentConfig.from_preset("block-dct-s", tile=64)
+    torch.manual_seed(0)
+    a, b = build_student(cfg).eval(), build_student(cfg).eval()
+    save_student(a, cfg, tmp_path / "student")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in b.state_dict().items()},
+              str(tmp_path / "snap.safetensors"))
+    ens = build_ensemble([str(tmp_path / "student"), str(tmp_path / "snap.safetensors")], flip=False,
+                         config_dir=str(tmp_path / "student"))
+    rng = np.random.default_rng(0)
+    tile = rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(tile[0]).save(buf, "JPEG", quality=80)
+    tile = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))[None]
+    q = read_qtable(buf.getvalue())[None]
+    f, c = dct_spec(a)
+
+    def inputs(t):
+        from defaker_edge.runtime.tiling import normalize
+
+        return (torch.from_numpy(normalize(t)), torch.from_numpy(dct_stream(t, q, f, c)), torch.from_numpy(q))
+
+    with torch.no_grad():
+        la, ma = a(*inputs(tile))
+        lb, mb = b(*inputs(tile))
+        le, me = ens(*inputs(tile))
+        assert torch.allclose(le, (la + lb) / 2, atol=1e-3) and torch.allclose(me, (ma + mb) / 2, atol=1e-3)
+        # the mirror: the ensemble's flip of the precomputed stream == the student on the mirrored tile
+        one = SnapshotEnsemble([a], flip=True).eval()
+        lo, mo = one(*inputs(tile))
+        lf, mf = a(*inputs(np.ascontiguousarray(tile[:, :, ::-1])))
+        assert torch.allclose(lo, (la + lf) / 2, atol=1e-5)
+        assert torch.allclose(mo, (ma + mf.flip(-1)) / 2, atol=1e-5)

@@ -22,6 +22,9 @@ examples:
   defaker train run --data runs/default/data/manifest.jsonl --heldout data/heldout/manifest.jsonl --minutes 60 --bf16
   defaker train eval --heldout data/heldout/manifest.jsonl            score the committed state
   defaker train compare                                                latest checkpoint vs the shipped student
+  defaker train ensemble --members models/default-student models/program/snapshots/*.safetensors \
+    --heldout data/heldout/manifest.jsonl --out runs/ensemble.json    a snapshot-ensemble teacher candidate
+  defaker train compare --candidate runs/ensemble.json                 ... against the shipped student
   defaker train plot --out docs/learning_curve.png                    the learning curve from the ledger
 """
 
@@ -79,6 +82,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     c.set_defaults(func=_compare)
 
+    n = tsub.add_parser("ensemble", help="score a snapshot ensemble (+ mirrored tiles) on the held-out set: "
+                        "the stand-in teacher's candidate")
+    n.add_argument("--members", nargs="+", required=True,
+                   help="student dirs and/or snapshot .safetensors (e.g. models/default-student "
+                        "models/program/snapshots/*.safetensors)")
+    n.add_argument("--no-flip", action="store_true", help="do not also run each tile mirrored left to right")
+    n.add_argument("--config", help="student dir whose config.json the snapshots share (default: "
+                   "the snapshots folder's ../student)")
+    n.add_argument("--heldout", required=True)
+    n.add_argument("--eval-max", type=int, default=300)
+    n.add_argument("--out", required=True, help="held-out scores JSON (`train compare --candidate` reads it)")
+    n.set_defaults(func=_ensemble)
+
     q = tsub.add_parser("plot", help="the learning curve (held-out AUC and training loss against CPU hours)")
     q.add_argument("--ledger", default="models/ledger.jsonl")
     q.add_argument("--out", required=True, help="PNG path")
@@ -126,6 +142,24 @@ def _compare(args: argparse.Namespace) -> int:
 
         write_json(args.out, res)
     print(json.dumps(res) if args.json else format_table(res))
+    return 0
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from ..artifacts import write_json
+    from ..data import load_dataset
+    from .ensemble import build_ensemble
+    from .program import heldout_scores, summary_line
+
+    ens = build_ensemble(args.members, flip=not args.no_flip, config_dir=args.config)
+    held = load_dataset(args.heldout)[: args.eval_max or None]
+    scores = heldout_scores(ens, held, ens.cfg.tile)
+    ident = hashlib.sha256("\n".join(sorted(args.members) + [str(not args.no_flip)]).encode()).hexdigest()
+    write_json(args.out, {"step": None, "weights_sha256": f"ensemble-{ident[:16]}", "heldout": args.heldout,
+                          "members": args.members, "flip": not args.no_flip, "images": scores})
+    print(json.dumps(summary_line(scores)))
     return 0
 
 
