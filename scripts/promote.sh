@@ -43,7 +43,7 @@ cp "$OUT/comparison.json" models/default-student/promotion.json
 $BIN/python - models/default-student/report.json models/ledger.jsonl "$OUT/comparison.json" <<'PY'
 import json, sys
 lines = [json.loads(x) for x in open(sys.argv[2]) if x.strip()]
-runs = [x for x in lines if x.get("kind") not in ("baseline", "promotion")]
+runs = [x for x in lines if x.get("kind") in (None, "eval")]
 last = runs[-1] if runs else {}
 json.dump({"format": "defaker-program-report/1", "step": last.get("step"), "examples": last.get("examples"),
            "cpu_hours": last.get("cpu_hours"), "heldout": last.get("heldout"),

@@ -87,7 +87,8 @@ def plot_ledger(ledger: str, out: str) -> str:
     if not p.is_file():
         raise ArtifactError(f"{p}: no ledger")
     lines = [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
-    runs = [ln for ln in lines if ln.get("kind") != "baseline"]
+    # checkpoints and `train eval` lines make the curve; baseline, promotion and teacher lines do not
+    runs = [ln for ln in lines if ln.get("kind") in (None, "eval")]
     base = [ln for ln in lines if ln.get("kind") == "baseline"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     evals = [ln for ln in runs if "heldout" in ln]
