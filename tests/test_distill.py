@@ -290,6 +290,14 @@ def test_program_resumes_from_committed_state_and_keeps_a_ledger(manifest, tmp_p
     ev = eval_state(str(state), manifest, 5, str(ledger))
     assert ev["kind"] == "eval" and ev["step"] == second.lines[-1]["step"] and ev["heldout"]["all"]["n"] == 5
     assert json.loads(ledger.read_text().splitlines()[-1]) == ev and (state / ev["snapshot"]).is_file()
+    # the learning curve reads checkpoint and eval lines; other kinds (a teacher candidate) are left out
+    from defaker_edge.distill.promotion import plot_ledger
+
+    with open(ledger, "a") as fh:
+        fh.write(json.dumps({"kind": "teacher_candidate", "heldout": ev["heldout"]}) + "\n")
+    n_runs = sum(1 for x in ledger.read_text().splitlines() if json.loads(x).get("kind") in (None, "eval"))
+    msg = plot_ledger(str(ledger), str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").stat().st_size > 1000 and f"{n_runs} checkpoints" in msg
     # the comparison of the last held-out scores with themselves is no gain, so no promotion
     res = compare(str(state / "heldout_scores.json"), str(state / "heldout_scores.json"), reps=50)
     assert res["promote"] is False and res["slices"]["all"]["auc_delta"]["value"] == 0.0
