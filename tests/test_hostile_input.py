@@ -320,3 +320,23 @@ def test_unreadable_inputs_as_a_non_root_user(pkg, tmp_path_factory):
             for n in dirs + files:
                 os.chmod(os.path.join(dirpath, n), 0o700)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_package_under_an_unenterable_folder_is_one_line(pkg, tmp_path, monkeypatch, capsys):
+    """--package PATH whose stat fails (PermissionError under a folder the user cannot enter) is one
+    error line and exit 2, not a traceback."""
+    from defaker_edge.cli import main
+
+    real = Path.stat
+
+    def stat(self, *a, **k):
+        if "locked" in self.parts:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    img = tmp_path / "a.png"
+    Image.new("RGB", (40, 40)).save(img)
+    rc = main(["check", str(img), "--package", str(tmp_path / "locked" / "pkg")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot read the package" in err and "Traceback" not in err

@@ -170,10 +170,13 @@ def resolve_package_dir(package: str | Path | None) -> Path:
                 "`make default-model`, or pass --package PATH / Detector.load(package=PATH))")
         return root
     root = Path(package)
-    if root.is_file() and root.name == "manifest.json":
-        root = root.parent
-    if not root.is_dir():
-        raise ArtifactError(f"{root}: package directory not found")
+    try:  # Path.is_dir raises (Python 3.11) under a folder the user cannot enter
+        if root.is_file() and root.name == "manifest.json":
+            root = root.parent
+        if not root.is_dir():
+            raise ArtifactError(f"{root}: package directory not found")
+    except OSError as e:
+        raise ArtifactError(f"{root}: cannot read the package ({type(e).__name__}: {e.strerror or e})") from None
     return root
 
 
