@@ -275,6 +275,14 @@ def test_program_resumes_from_committed_state_and_keeps_a_ledger(manifest, tmp_p
     assert lines[-1]["heldout"]["all"]["n"] == 6 and lines[-1]["cpu"] and lines[-1]["weights_sha256"]
     assert lines[-1]["examples"] == lines[-1]["step"] * 4
     assert (state / "optimizer.pt").is_file() and (state / "student" / "model.safetensors").is_file()
+    # the baseline (the student the program started from) on the same images: compare pairs them
+    from defaker_edge.distill.program import baseline_line
+
+    base = baseline_line(str(init), manifest, 6, str(ledger), str(state))
+    assert base["kind"] == "baseline" and base["heldout"]["all"]["n"] == 6
+    assert json.loads((state / "baseline_scores.json").read_text())["student"] == str(init)
+    pair = compare(str(state / "heldout_scores.json"), str(state / "baseline_scores.json"), reps=50)
+    assert pair["slices"]["all"]["n"] == 6 and pair["candidate"]["step"] == lines[-1]["step"]
     snap = state / lines[-1]["snapshot"]  # the scored weights, kept in float16 for a snapshot ensemble
     from safetensors.torch import load_file
 

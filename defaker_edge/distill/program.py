@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 STUDENT = "student"  # the state dir's student (config.json + model.safetensors)
 OPTIM = "optimizer.pt"  # step, examples, CPU seconds, and AdamW's moments (bfloat16)
 SCORES = "heldout_scores.json"  # the last held-out evaluation, image by image (for the bootstrap)
+BASELINE = "baseline_scores.json"  # the shipped student's, the same way
 SNAPSHOTS = "snapshots"  # float16 weights of every held-out-scored checkpoint
 
 
@@ -270,9 +271,12 @@ def _snapshot(state_dir: Path, student, step: int) -> str:
     return rel
 
 
-def _score_into(state_dir: Path, model, held, heldout: str, step: int, sha: str) -> dict[str, Any]:
+def _score_into(state_dir: Path, model, held, heldout: str, step: int | None, sha: str, name: str = SCORES,
+                **extra: Any) -> dict[str, Any]:
+    """Score `model` on the held-out samples, write them image by image to state_dir/name (what the
+    bootstrap comparison reads), and return the ledger's summary of them."""
     scores = heldout_scores(model, held, model.cfg.tile)
-    write_json(state_dir / SCORES, {"step": step, "weights_sha256": sha, "heldout": heldout, "images": scores})
+    write_json(state_dir / name, {**extra, "step": step, "weights_sha256": sha, "heldout": heldout, "images": scores})
     return summary_line(scores)
 
 
@@ -310,13 +314,11 @@ def baseline_line(student_dir: str, heldout: str, eval_max: int, ledger: str, st
     """Score a student dir (the shipped one) on the held-out set and log it as the baseline to beat."""
     from ..student.io import load_student
 
-    model, scfg = load_student(student_dir)
+    model, _ = load_student(student_dir)
     held = load_dataset(heldout)[: eval_max or None]
-    scores = heldout_scores(model, held, scfg.tile)
     sha = sha256_file(Path(student_dir) / "model.safetensors")
-    write_json(Path(state) / "baseline_scores.json", {"student": student_dir, "weights_sha256": sha,
-                                                       "heldout": heldout, "images": scores})
+    summary = _score_into(Path(state), model, held, heldout, None, sha, BASELINE, student=student_dir)
     line = {"time": utc_now(), "kind": "baseline", "student": student_dir, "weights_sha256": sha,
-            "cpu": cpu_name(), "heldout": summary_line(scores)}
+            "cpu": cpu_name(), "heldout": summary}
     _append(Path(ledger), line)
     return line
