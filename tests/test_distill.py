@@ -386,3 +386,35 @@ def test_snapshot_ensemble_is_the_mean_and_its_mirror_is_exact(tmp_path):
         lf, mf = a(*inputs(np.ascontiguousarray(tile[:, :, ::-1])))
         assert torch.allclose(lo, (la + lf) / 2, atol=1e-5)
         assert torch.allclose(mo, (ma + mf.flip(-1)) / 2, atol=1e-5)
+
+
+def test_a_student_dir_is_a_teacher_on_the_same_crops(manifest, tmp_path):
+    """The stand-in teacher (a student checkpoint, stream included) runs on each batch's crops: its
+    sigmoid outputs are the batch's KD targets, and distillation trains against them (kd terms)."""
+    import torch
+
+    from defaker_edge.distill.data import ImageStore, TileSampler
+    from defaker_edge.distill.targets import CropTeacher, is_student_dir
+    from defaker_edge.distill.trainer import split_samples
+    from defaker_edge.student import StudentConfig, build_student, save_student
+    from defaker_edge.student.inputs import dct_spec
+
+    torch.manual_seed(3)
+    cfg = StudentConfig.from_preset("block-dct-s", tile=64)
+    tmodel = build_student(cfg).eval()
+    save_student(tmodel, cfg, tmp_path / "t")
+    assert is_student_dir(str(tmp_path / "t")) and not is_student_dir(str(tmp_path))
+    ct = CropTeacher.load(str(tmp_path / "t"))
+    train, _, _ = split_samples(manifest)
+    b = TileSampler(ImageStore(train, None), 64, 0, dct=dct_spec(tmodel)).batch(0, 0, 4)
+    b = {k: torch.as_tensor(v) for k, v in b.items()}
+    ct.fill(b)
+    with torch.no_grad():
+        tl, tm = tmodel(b["x"], b["dct"], b["qtable"])
+    assert torch.allclose(b["t_prob"], torch.sigmoid(tl)) and torch.allclose(b["t_mask"], torch.sigmoid(tm))
+    assert b["t_w"].tolist() == [1.0] * 4
+    res = distill(small_cfg(manifest, tmp_path / "s", student="block-dct-s", tile=64, eval_max=0,
+                            teacher=str(tmp_path / "t")))
+    parts = res.report["losses"][0]
+    assert {"kd", "mask_kd"} <= set(parts), parts
+    assert res.report["teacher"]["spec"] == str(tmp_path / "t")

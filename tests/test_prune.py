@@ -171,3 +171,17 @@ def test_prune_retention_compares_the_teachers_own_images(manifest, tmp_path):
     for k, w in want.items():  # NaN where the random student's metric is undefined on two images
         got = v["retention"][k]
         assert (np.isnan(got) and np.isnan(w)) or got == pytest.approx(w), (k, got, w)
+
+
+def test_prune_a_stream_student_from_a_student_teacher(manifest, tmp_path):
+    """A student with the compression-history stream prunes end to end (its crops carry dct and qtable),
+    distilled from a student-contract teacher on the same crops; the result still takes the stream."""
+    src = _student_dir(tmp_path, preset="block-dct-s", tile=64)
+    res = prune(PruneConfig(student=str(src), data=manifest, out=str(tmp_path / "p"), teacher=str(src), ratio=0.5,
+                            steps=4, batch=4, crop=64, events=2, drop_blocks=0, eval_max=0, threads=1))
+    assert {"kd", "mask_kd"} <= set(res.report["losses"][0])
+    model, scfg = load_student(tmp_path / "p")
+    assert scfg.dct_freqs == 8 and res.report["prune"]["params_cut"] > 0.3
+    with torch.no_grad():
+        lg, mk = model(torch.randn(2, 3, 64, 64), torch.randint(0, 11, (2, 8, 8, 8)).float(), torch.full((2, 64), 4.0))
+    assert mk.shape == (2, 1, 16, 16) and torch.isfinite(lg).all()

@@ -31,6 +31,9 @@ from .data import ImageStore, TileSampler
 from .evaluate import evaluate, headline, retention
 from .losses import LossWeights, distill_loss
 from .slicing import slice_state
+from ..student.inputs import EXTRA, dct_spec
+from ..student.inputs import run as run_student
+from .targets import CropTeacher
 from .trainer import DistillConfig, _targets, split_samples
 
 log = logging.getLogger(__name__)
@@ -166,8 +169,14 @@ def prune(cfg: PruneConfig) -> PruneResult:
     train, held, held_name = split_samples(cfg.data)
     dcfg = DistillConfig(data=cfg.data, out=cfg.out, teacher=cfg.teacher, cache=cfg.cache)
     targets = _targets(dcfg, None) if (cfg.teacher or cfg.cache) else None
+    # a student-contract teacher runs on each batch's crops; without any teacher the unpruned
+    # student does (the reference below)
+    crop_teacher = targets if isinstance(targets, CropTeacher) else CropTeacher(reference) if targets is None else None
+    if crop_teacher is not None:
+        targets = None
     crop = scfg.tile if scfg.family == "pruned-teacher" else cfg.crop  # a ViT's input size is fixed
-    sampler = TileSampler(ImageStore(train, targets), crop, cfg.seed)
+    # the stream's inputs (dct, qtable) are cut with each crop when the student has the stream
+    sampler = TileSampler(ImageStore(train, targets), crop, cfg.seed, dct=dct_spec(model))
 
     pattern = "^(" + "|".join(n.replace(".", r"\.") for n in spec.lora_targets) + ")$"
     lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank, lora_dropout=0.0, target_modules=pattern)
@@ -190,11 +199,9 @@ def prune(cfg: PruneConfig) -> PruneResult:
     t0 = time.time()
     for step in tqdm(range(cfg.steps), desc="prune", dynamic_ncols=True, disable=None):
         b = sampler.batch(step, 0, cfg.batch)
-        if targets is None:
-            with torch.no_grad():
-                tl, tm = reference(b["x"])
-            b["t_prob"], b["t_mask"], b["t_w"] = torch.sigmoid(tl), torch.sigmoid(tm), torch.ones_like(tl)
-        logit, mask = peft_model(b["x"])
+        if crop_teacher is not None:
+            crop_teacher.fill(b)
+        logit, mask = run_student(peft_model, b["x"], {k: b[k] for k in EXTRA if k in b})
         loss, parts = distill_loss(logit, mask, b, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -103,3 +103,57 @@ def soft_mask_to_image(soft: np.ndarray, h: int, w: int) -> np.ndarray:
     """Stride-4 probabilities -> [h, w] (each cell repeated over its 4x4 pixels)."""
     s = np.asarray(soft, dtype=np.float32)
     return np.repeat(np.repeat(s, 4, 0), 4, 1)[:h, :w]
+
+
+def is_student_dir(spec: str | None) -> bool:
+    """Whether `spec` names a student checkpoint (config.json with a student family), not a teacher's."""
+    import json
+    import os
+
+    if not spec or not os.path.isfile(os.path.join(spec, "config.json")):
+        return False
+    try:
+        with open(os.path.join(spec, "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "family" in cfg and str(cfg.get("format", "defaker-student/")).startswith("defaker-student/")
+
+
+class CropTeacher:
+    """A teacher with the student's contract, run on the very crops the student trains on.
+
+    The stand-in teacher (a larger or longer-trained student, DESIGN §9) takes the same inputs as the
+    student (image, dct, qtable), so there is nothing to cache per image: each batch's crops go
+    through it once, under no_grad, and its sigmoid outputs become the batch's KD targets. That costs
+    one forward per step (a third of a training step at equal size) and never a stale or misaligned
+    target: the teacher sees exactly the augmented pixels and stream the student sees."""
+
+    def __init__(self, model, bf16: bool = False):
+        import torch
+
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.bf16 = bf16
+        self._torch = torch
+
+    @classmethod
+    def load(cls, path: str, bf16: bool = False) -> "CropTeacher":
+        from ..student.io import load_student
+
+        model, _ = load_student(path)
+        return cls(model, bf16)
+
+    def fill(self, batch: dict) -> dict:
+        """Set batch's t_prob, t_mask and t_w from the teacher's answers on batch["x"] (+ extras)."""
+        from ..student.inputs import EXTRA
+        from ..student.inputs import run as run_student
+
+        torch = self._torch
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            tl, tm = run_student(self.model, batch["x"], {k: batch[k] for k in EXTRA if k in batch})
+        batch["t_prob"] = torch.sigmoid(tl.float())
+        batch["t_mask"] = torch.sigmoid(tm.float())
+        batch["t_w"] = torch.ones_like(batch["t_prob"])
+        return batch

@@ -30,7 +30,7 @@ from . import ddp
 from .data import AugConfig, ImageStore, TileSampler
 from .evaluate import evaluate, headline
 from .losses import LossWeights, distill_loss
-from .targets import CacheTargets, OnlineTeacherTargets
+from .targets import CacheTargets, CropTeacher, OnlineTeacherTargets, is_student_dir
 from ..student.inputs import EXTRA, dct_spec
 from ..student.inputs import run as run_student
 
@@ -122,6 +122,8 @@ def _targets(cfg: DistillConfig, teacher: Any):
         return OnlineTeacherTargets(teacher, feats)
     if cfg.cache:
         return CacheTargets(cfg.cache)
+    if is_student_dir(cfg.teacher):  # the stand-in teacher: a student-contract model, on the same crops
+        return CropTeacher.load(cfg.teacher, bf16=cfg.bf16)
     if cfg.teacher:
         from ..teacher import load_teacher  # the teacher stage
 
@@ -186,7 +188,7 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
     else:
         scfg = StudentConfig.from_preset(cfg.student, tile=cfg.tile)
     tdir = _teacher_dir(cfg.teacher)
-    if scfg.family == "pruned-teacher" and tdir is not None and student is None:
+    if scfg.family == "pruned-teacher" and tdir is not None and student is None and not is_student_dir(cfg.teacher):
         from ..student.teacher_init import teacher_vision_dims
 
         dims = teacher_vision_dims(tdir)
@@ -204,6 +206,9 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
     targets = _targets(cfg, teacher)
     torch.manual_seed(cfg.seed)
     student = (student if student is not None else build_student(scfg)).to(d.device)
+    crop_teacher = targets if isinstance(targets, CropTeacher) else None
+    if crop_teacher is not None:
+        targets = None  # per crop, not per image: nothing for the image store to fetch
     store = ImageStore(train, targets)
     adapter = None
     if cfg.weights.feat > 0:
@@ -217,6 +222,8 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
     # channels-last: about 1.5x faster conv training on CPU (measured on the compact student)
     fmt = torch.channels_last if scfg.family == "compact" else torch.contiguous_format
     net = net.to(memory_format=fmt)
+    if crop_teacher is not None:
+        crop_teacher.model.to(d.device, memory_format=fmt)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     t_start = time.time()
@@ -263,6 +270,8 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
     for step in bar:
         b = {k: v.to(d.device, non_blocking=True) for k, v in next(batches).items()}
         b["x"] = b["x"].contiguous(memory_format=fmt)
+        if crop_teacher is not None:
+            crop_teacher.fill(b)
         with torch.autocast(str(d.device).split(":")[0], dtype=torch.bfloat16,
                             enabled=cfg.bf16):
             logit, mask, feat = model(b["x"], {k: b[k] for k in EXTRA if k in b} or None)
