@@ -27,12 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pixel-threshold", type=float,
                    help="cut the heatmaps here instead of at each line's pixel_threshold (compare pixel rules)")
     p.add_argument("--markdown", help="also write a markdown table (overall, per domain, per domain x kind) here")
+    p.add_argument("--scores-out", help="also write the per-image scores here, in the held-out score format "
+                   "(`defaker train compare` / `train chain` read it: a package as a stage of the chain)")
     p.set_defaults(func=run)
 
 
 def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike, *,
                          threshold: float = 0.5, split: str | None = None,
-                         pixel_threshold: float | None = None) -> dict:
+                         pixel_threshold: float | None = None, images: list | None = None) -> dict:
+    """The metrics report; `images`, when given, receives each image's scores (the held-out score format)."""
     import numpy as np
 
     from .data.dataset import load_dataset
@@ -100,6 +103,9 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
                 false_marks.setdefault(s.domain, []).append(float((pm.astype(np.float64) / 255.0 >= cut).mean()))
         records.append(Record(label=s.label, fake_prob=float(d["fake_prob"]), domain=s.domain, pixel=pix,
                               kind=s.kind))
+        if images is not None:
+            images.append({"key": s.key, "label": int(s.label), "domain": s.domain, "kind": s.kind,
+                           "fake_prob": float(d["fake_prob"]), "pixel": pix})
     if missing:
         raise DatasetError(f"{len(missing)} dataset image(s) have no prediction, e.g.: " + ", ".join(missing[:5]))
     report = summarize(records, threshold)
@@ -136,8 +142,15 @@ def run(args: argparse.Namespace) -> int:
         from .errors import DefakerError
 
         raise DefakerError(f"--pixel-threshold must be in (0, 1), got {args.pixel_threshold}")
+    images: list | None = [] if args.scores_out else None
     report = evaluate_predictions(args.predictions, args.data, threshold=args.threshold, split=args.split,
-                                  pixel_threshold=args.pixel_threshold)
+                                  pixel_threshold=args.pixel_threshold, images=images)
+    if args.scores_out:
+        cuts = {float(json.loads(ln).get("pixel_threshold", 0.5)) for ln in
+                Path(args.predictions).read_text(encoding="utf-8").splitlines() if ln.strip()}
+        cut = args.pixel_threshold if args.pixel_threshold is not None else (cuts.pop() if len(cuts) == 1 else None)
+        write_json(args.scores_out, {"step": None, "predictions": str(args.predictions), "pixel_cut": cut,
+                                     "weights_sha256": None, "heldout": str(args.data), "images": images})
     if args.out:
         write_json(args.out, report)
     if args.markdown:

@@ -7,7 +7,7 @@
 # Knobs (environment): BIN (.venv/bin), WORK (runs/default), DATA ($WORK/data/manifest.jsonl: its val
 # split fits the thresholds), CALIB_N (128), FP8 (0), NEW_CALIB (1: rebuild $WORK/calib), OVERLAP (the
 # tile overlap the thresholds are fitted at and the package ships with; default: the runtime's), PKG
-# (defaker_edge/models/default).
+# (defaker_edge/models/default), MODEL (models/default-student).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -15,6 +15,7 @@ WORK=${WORK:-runs/default}
 DATA=${DATA:-$WORK/data/manifest.jsonl}
 CALIB_N=${CALIB_N:-128}  # ModelOpt fake-quant calibration is ~1 s per tile on 2 cores
 PKG=${PKG:-defaker_edge/models/default}
+MODEL=${MODEL:-models/default-student}  # the student dir to package (scripts/chain.sh: the chain's student)
 OV=(${OVERLAP:+--overlap "$OVERLAP"})
 say() { echo "== [$(date +%H:%M:%S)] $*" >&2; }
 
@@ -23,7 +24,7 @@ if [ "${NEW_CALIB:-1}" = 1 ] || [ ! -f "$WORK/calib/manifest.json" ]; then
   rm -rf "$WORK/calib"
   $BIN/defaker calibrate build --data "$DATA" --out "$WORK/calib"
 fi
-$BIN/defaker calibrate thresholds --model models/default-student --data "$DATA" "${OV[@]}"
+$BIN/defaker calibrate thresholds --model "$MODEL" --data "$DATA" "${OV[@]}"
 
 PRECISIONS="int8-cpu int8"
 [ "${FP8:-0}" = 1 ] && PRECISIONS="$PRECISIONS fp8"
@@ -33,16 +34,16 @@ for p in $PRECISIONS; do
   # fp8 is kept as a recipe, not shipped: ORT's CPU emulation of FP8 Q/DQ does not predict what
   # TensorRT's FP8 kernels do, so its gate fails here (--force writes it to $WORK/q-fp8 anyway, for
   # `defaker engine build` on an FP8 GPU). Only files that passed their gate go into the package.
-  $BIN/defaker quantize --model models/default-student --calib "$WORK/calib" --precision "$p" \
+  $BIN/defaker quantize --model "$MODEL" --calib "$WORK/calib" --precision "$p" \
     --data "$DATA" --calib-n "$CALIB_N" --out "$WORK/q-$p" $([ "$p" = fp8 ] && echo --force || echo --auto-exclude)
 done
 
 say "thresholds: the band where FP32 changes the CPU INT8 decision often enough, and the re-run margin"
-$BIN/defaker calibrate thresholds --model models/default-student --data "$DATA" \
+$BIN/defaker calibrate thresholds --model "$MODEL" --data "$DATA" \
   --compare "$WORK/q-int8-cpu/model.onnx" "${OV[@]}"
 
 say "export the package"
-$BIN/defaker export --model models/default-student --quantized "$WORK/q-int8" "$WORK/q-int8-cpu" \
+$BIN/defaker export --model "$MODEL" --quantized "$WORK/q-int8" "$WORK/q-int8-cpu" \
   --data "$DATA" --out "$PKG" --force "${OV[@]}"
 # the shipped package must not carry a file whose gate failed (the runtime would only load it by name)
 $BIN/python - "$PKG/manifest.json" <<'PY'

@@ -149,3 +149,25 @@ def test_eval_cli_scores_heatmaps_at_their_pixel_threshold(tmp_path, capsys):
     assert main(args + ["--pixel-threshold", "0.7"]) == 0
     assert abs(json.loads(capsys.readouterr().out)["overall"]["pixel_f1"] - np.mean(f1_at[0.7])) < 1e-6
     assert main(args + ["--pixel-threshold", "1.5"]) == 2
+
+
+def test_eval_cli_writes_per_image_scores_for_the_chain(tmp_path, capsys):
+    """--scores-out: each image's probability and pixel scores at the lines' cut, in the held-out score format."""
+    rng = np.random.default_rng(5)
+    truth = _write_dataset(tmp_path, rng)
+    pred_dir = tmp_path / "pred"
+    pred_dir.mkdir()
+    preds = []
+    for i, (label, gt, h, w) in enumerate(truth):
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(pred_dir / f"{i}.heatmap.png")
+        preds.append({"image": f"images/{i}.png", "fake_prob": float(rng.random()), "pixel_threshold": 0.25,
+                      "heatmap": f"{i}.heatmap.png"})
+    (pred_dir / "p.jsonl").write_text("".join(json.dumps(x) + "\n" for x in preds))
+    assert main(["eval", "--predictions", str(pred_dir / "p.jsonl"), "--data", str(tmp_path / "manifest.jsonl"),
+                 "--scores-out", str(tmp_path / "s.json")]) == 0
+    r = json.loads(capsys.readouterr().out)
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["pixel_cut"] == 0.25 and len(s["images"]) == len(truth)
+    assert [x["fake_prob"] for x in s["images"]] == [p["fake_prob"] for p in preds]
+    f1 = [x["pixel"]["pixel_f1"] for x in s["images"] if x["pixel"]]
+    assert abs(np.mean(f1) - r["overall"]["pixel_f1"]) < 1e-9

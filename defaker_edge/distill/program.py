@@ -119,8 +119,8 @@ def _expand_state(state_dir: Path, ckpt: Path) -> int:
     return int(meta["step"])
 
 
-def heldout_scores(model, samples, tile: int) -> list[dict[str, Any]]:
-    """Per image: label, domain, kind, fake probability, and pixel scores at 0.5 / best for fakes."""
+def heldout_scores(model, samples, tile: int, cut: float = 0.5) -> list[dict[str, Any]]:
+    """Per image: label, domain, kind, fake probability, and pixel scores at `cut` / best for fakes."""
     from ..data import load_image
     from ..metrics import pixel_scores
     from ..runtime.dct import read_qtable
@@ -135,7 +135,7 @@ def heldout_scores(model, samples, tile: int) -> list[dict[str, Any]]:
             q = read_qtable(s.image) if dct_spec(model) is not None else None
             p, m = predict_image(model, img, tile, qtable=q)
             gt = _gt(s, img.shape[:2])
-            px = pixel_scores(m, gt) if gt is not None else None
+            px = pixel_scores(m, gt, threshold=cut) if gt is not None else None
             out.append({"key": s.key, "label": int(s.label), "domain": s.domain, "kind": s.kind,
                         "fake_prob": float(p), "pixel": px})
     return out

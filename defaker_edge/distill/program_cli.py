@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 EPILOG = """\
 The default model trains over many sessions, not in one run. Each `train run` resumes from the
@@ -95,6 +96,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--out", required=True, help="held-out scores JSON (`train compare --candidate` reads it)")
     n.set_defaults(func=_ensemble)
 
+    s = tsub.add_parser("score", help="score any student dir on the held-out set into a score file (a chain stage)")
+    s.add_argument("--student", required=True, help="student dir (config.json + model.safetensors)")
+    s.add_argument("--heldout", required=True)
+    s.add_argument("--eval-max", type=int, default=300)
+    s.add_argument("--pixel-threshold", type=float, default=0.5,
+                   help="cut the soft mask here for pixel F1 (a package's calibrated pixel_threshold; default 0.5)")
+    s.add_argument("--out", required=True, help="held-out scores JSON (what `train compare` and `train chain` read)")
+    s.set_defaults(func=_score)
+
+    ch = tsub.add_parser("chain", help="the retention chain: teacher -> distilled/pruned student -> INT8, "
+                         "per domain, with bootstrap intervals")
+    ch.add_argument("--stage", action="append", required=True, metavar="NAME=SCORES[,model=DIR][,ms=X][,note=T]",
+                    help="a stage's held-out score file (from `train score`, `train ensemble` or `eval --scores-out`), "
+                         "optionally its student dir (params, GMAC per tile) and ms per 1024² image; the teacher first")
+    ch.add_argument("--machine", help="the machine the ms figures were measured on")
+    ch.add_argument("--reps", type=int, default=2000)
+    ch.add_argument("--out", help="chain JSON")
+    ch.add_argument("--markdown", help="chain tables (markdown)")
+    ch.set_defaults(func=_chain)
+
     q = tsub.add_parser("plot", help="the learning curve (held-out AUC and training loss against CPU hours)")
     q.add_argument("--ledger", default="models/ledger.jsonl")
     q.add_argument("--out", required=True, help="PNG path")
@@ -160,6 +181,34 @@ def _ensemble(args: argparse.Namespace) -> int:
     write_json(args.out, {"step": None, "weights_sha256": f"ensemble-{ident[:16]}", "heldout": args.heldout,
                           "members": args.members, "flip": not args.no_flip, "images": scores})
     print(json.dumps(summary_line(scores)))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from ..artifacts import sha256_file, write_json
+    from ..data import load_dataset
+    from ..errors import DefakerError
+    from ..student.io import load_student
+    from .program import heldout_scores, summary_line
+
+    if not 0.0 < args.pixel_threshold < 1.0:
+        raise DefakerError(f"--pixel-threshold must be in (0, 1), got {args.pixel_threshold}")
+    model, cfg = load_student(args.student)
+    held = load_dataset(args.heldout)[: args.eval_max or None]
+    scores = heldout_scores(model, held, cfg.tile, cut=args.pixel_threshold)
+    write_json(args.out, {"step": None, "student": args.student, "pixel_cut": args.pixel_threshold,
+                          "weights_sha256": sha256_file(Path(args.student) / "model.safetensors"),
+                          "heldout": args.heldout, "images": scores})
+    print(json.dumps(summary_line(scores)))
+    return 0
+
+
+def _chain(args: argparse.Namespace) -> int:
+    from .chain import ChainConfig, chain_report, parse_stage
+
+    res = chain_report(ChainConfig([parse_stage(s) for s in args.stage], out=args.out, markdown=args.markdown,
+                                   reps=args.reps, machine=args.machine))
+    print(res.markdown, end="")
     return 0
 
 
