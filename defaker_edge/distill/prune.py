@@ -196,7 +196,7 @@ def prune(cfg: PruneConfig) -> PruneResult:
     event_at = {max(1, round(until * k / cfg.events)): k for k in range(1, cfg.events + 1)}
     dropped: set[tuple[str, int]] = set()
     history = []
-    t0 = time.time()
+    t0 = last_log = time.time()
     for step in tqdm(range(cfg.steps), desc="prune", dynamic_ncols=True, disable=None):
         b = sampler.batch(step, 0, cfg.batch)
         if crop_teacher is not None:
@@ -212,6 +212,10 @@ def prune(cfg: PruneConfig) -> PruneResult:
             block_ema[blk] = sc if blk not in block_ema else cfg.ema * block_ema[blk] + (1 - cfg.ema) * sc
         opt.step()
         history.append({"step": step + 1, "loss": float(loss.detach()), **parts})
+        if time.time() - last_log >= 60.0:  # logs and pipes get a line a minute (tqdm only draws on a terminal)
+            last_log = time.time()
+            log.info("prune step %d/%d  loss %.4f  %.2f steps/s", step + 1, cfg.steps, history[-1]["loss"],
+                     (step + 1) / (last_log - t0))
         k = event_at.get(step + 1)
         if k is not None:
             r = cubic_ratio(k, cfg.events, cfg.ratio)
