@@ -22,7 +22,9 @@ say() { echo "== [$(date +%H:%M:%S)] $*" >&2; }
 say "calibration set and thresholds"
 if [ "${NEW_CALIB:-1}" = 1 ] || [ ! -f "$WORK/calib/manifest.json" ]; then
   rm -rf "$WORK/calib"
-  $BIN/defaker calibrate build --data "$DATA" --out "$WORK/calib"
+  # calibration tiles at the model's own tile size (its config.json)
+  TILE=$($BIN/python -c 'import json, sys; print(json.load(open(sys.argv[1] + "/config.json"))["tile"])' "$MODEL")
+  $BIN/defaker calibrate build --data "$DATA" --out "$WORK/calib" --tile "$TILE"
 fi
 $BIN/defaker calibrate thresholds --model "$MODEL" --data "$DATA" "${OV[@]}"
 

@@ -274,6 +274,9 @@ def test_program_resumes_from_committed_state_and_keeps_a_ledger(manifest, tmp_p
     assert "heldout" in lines[-1] and "heldout" not in lines[0]  # scored at the end (eval_minutes is long)
     assert lines[-1]["heldout"]["all"]["n"] == 6 and lines[-1]["cpu"] and lines[-1]["weights_sha256"]
     assert lines[-1]["examples"] == lines[-1]["step"] * 4
+    from defaker_edge.artifacts import sha256_file
+
+    assert lines[-1]["data_sha256"] == sha256_file(manifest)  # a line names the data it trained on
     assert (state / "optimizer.pt").is_file() and (state / "student" / "model.safetensors").is_file()
     # the baseline (the student the program started from) on the same images: compare pairs them
     from defaker_edge.distill.program import baseline_line

@@ -194,7 +194,7 @@ def train_session(cfg: ProgramConfig) -> SessionResult:
         log.info("program: no state in %s; starting from %s", state_dir, cfg.init)
     session = {"started": utc_now(), "cpu": cpu_name(), "threads": cfg.threads or torch.get_num_threads(),
                "lr": cfg.lr, "batch": cfg.batch, "crop": cfg.crop, "bf16": cfg.bf16, "minutes": cfg.minutes,
-               "git": _git_head()}
+               "git": _git_head(), "data": cfg.data, "data_sha256": _data_sha(cfg.data)}
     lines: list[dict[str, Any]] = []
     last_eval = [time.time()]
 
@@ -229,6 +229,13 @@ def train_session(cfg: ProgramConfig) -> SessionResult:
     with _graceful_stop():
         distill(dcfg, on_checkpoint=on_ckpt)
     return SessionResult(state_dir, ledger, lines)
+
+
+def _data_sha(data: str) -> str | None:
+    """sha256 of the training manifest (a folder: its manifest.jsonl), so a ledger line names its data."""
+    p = Path(data)
+    p = p / "manifest.jsonl" if p.is_dir() else p
+    return sha256_file(p) if p.is_file() else None
 
 
 @contextlib.contextmanager
