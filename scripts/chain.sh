@@ -9,7 +9,7 @@
 # checkpoint `defaker distill --teacher` reads (a DeFakerOne / Sa2VA checkpoint): then an edge student
 # is first distilled from it for DISTILL_MINUTES, starting from the shipped student.
 # Knobs: WORK (runs/chain), DATA (runs/default/data/manifest.jsonl), HELD (data/heldout/manifest.jsonl),
-# RATIO (0.3 of the prunable channels), PRUNE_STEPS (1200), RECOVER_MINUTES (12), DISTILL_MINUTES (30),
+# RATIO (0.35 of the prunable channels: about 55% of the parameters stay), PRUNE_STEPS (1200), RECOVER_MINUTES (12), DISTILL_MINUTES (30),
 # BIN (.venv/bin). Each step is skipped when its output exists (delete it to redo), so a stopped chain resumes.
 # Writes WORK/chain.json, WORK/chain.md, WORK/package (the chain's deployment package).
 set -euo pipefail
@@ -18,7 +18,7 @@ BIN=${BIN:-.venv/bin}
 WORK=${WORK:-runs/chain}
 DATA=${DATA:-runs/default/data/manifest.jsonl}
 HELD=${HELD:-data/heldout/manifest.jsonl}
-RATIO=${RATIO:-0.3}
+RATIO=${RATIO:-0.35}
 PRUNE_STEPS=${PRUNE_STEPS:-1200}
 RECOVER_MINUTES=${RECOVER_MINUTES:-12}
 BF16=$(grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null && echo --bf16 || true)

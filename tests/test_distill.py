@@ -109,6 +109,7 @@ def test_distill_writes_a_loadable_student_and_report(manifest, teacher, tmp_pat
     assert rep["val"]["teacher"]["overall"]["image_auc"] == 1.0  # the oracle separates the classes
     model, cfg = load_student(tmp_path / "s")
     assert cfg.tile == 128 and res.report["seed"] == 1
+    assert rep["steps_run"] == 6 and rep["cpu_seconds"] > 0
 
 
 def test_student_learns_from_teacher_and_ground_truth(manifest, teacher, tmp_path):

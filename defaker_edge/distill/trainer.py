@@ -301,11 +301,16 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
             break
     bar.close()
     train_s = time.time() - t_start
+    cpu_run = time.process_time() - cpu0  # this run's training CPU (all threads), before any evaluation
     report: dict[str, Any] = {}
     if d.main:
         if end < cfg.steps:
             log.info("stopped at step %d of %d; continue with --resume", end, cfg.steps)
         report = _report(cfg, scfg, student, targets, held, held_name, history, train_s, d.world)
+        # process CPU time of this run (all threads): what runs compared "at equal CPU" must match, since
+        # wall time on a shared machine is not CPU time
+        report["cpu_seconds"] = round(cpu_run, 1)
+        report["steps_run"] = end - start
         save_student(student, scfg, out, report=report,
                      extra={"distill": {"teacher": cfg.teacher, "cache": cfg.cache, "steps": end}})
     ddp.barrier(d)
