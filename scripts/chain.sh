@@ -9,7 +9,7 @@
 # checkpoint `defaker distill --teacher` reads (a DeFakerOne / Sa2VA checkpoint): then an edge student
 # is first distilled from it for DISTILL_MINUTES, starting from the shipped student.
 # Knobs: WORK (runs/chain), DATA (runs/default/data/manifest.jsonl), HELD (data/heldout/manifest.jsonl),
-# RATIO (0.35 of the prunable channels: about 55% of the parameters stay), PRUNE_STEPS (1200), RECOVER_MINUTES (12), DISTILL_MINUTES (30),
+# RATIO (0.35 of the prunable channels: about 55% of the parameters stay), PRUNE_STEPS (1200), RECOVER_CPU_MINUTES (24: process CPU minutes each, so both arms get the same CPU on a shared machine), DISTILL_MINUTES (30),
 # BIN (.venv/bin). Each step is skipped when its output exists (delete it to redo), so a stopped chain resumes.
 # Writes WORK/chain.json, WORK/chain.md, WORK/package (the chain's deployment package).
 set -euo pipefail
@@ -20,7 +20,7 @@ DATA=${DATA:-runs/default/data/manifest.jsonl}
 HELD=${HELD:-data/heldout/manifest.jsonl}
 RATIO=${RATIO:-0.35}
 PRUNE_STEPS=${PRUNE_STEPS:-1200}
-RECOVER_MINUTES=${RECOVER_MINUTES:-12}
+RECOVER_CPU_MINUTES=${RECOVER_CPU_MINUTES:-24}
 BF16=$(grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null && echo --bf16 || true)
 say() { echo "== [$(date +%H:%M:%S)] $*" >&2; }
 mkdir -p "$WORK"
@@ -48,12 +48,12 @@ fi
 [ -f "$WORK/pruned/model.safetensors" ] || { say "LoRA-prune $RATIO of the channels ($PRUNE_STEPS steps, KD from the teacher)"; \
   $BIN/defaker prune --student "$UNPRUNED" --teacher "$TEACHER" --data "$DATA" --ratio "$RATIO" --steps "$PRUNE_STEPS" \
     --batch 16 --crop 256 --threads 2 --eval-max 0 --seed 21 --out "$WORK/pruned"; }
-# recovery at equal wall minutes on the same machine: KD from the teacher vs ground truth alone
+# recovery at equal CPU (process CPU minutes, all threads): KD from the teacher vs ground truth alone
 for how in kd gt; do
   [ -f "$WORK/recovered-$how/model.safetensors" ] && continue
-  say "recover the pruned student: $how, $RECOVER_MINUTES minutes"
+  say "recover the pruned student: $how, $RECOVER_CPU_MINUTES CPU minutes"
   SRC=(--teacher "$TEACHER"); [ $how = gt ] && SRC=(--ground-truth-only)
-  $BIN/defaker distill "${SRC[@]}" --data "$DATA" --init "$WORK/pruned" --minutes "$RECOVER_MINUTES" --steps 1000000 \
+  $BIN/defaker distill "${SRC[@]}" --data "$DATA" --init "$WORK/pruned" --cpu-minutes "$RECOVER_CPU_MINUTES" --steps 1000000 \
     --lr 1e-3 --batch 16 --crop 256 --threads 2 --seed 23 --eval-max 0 $BF16 --out "$WORK/recovered-$how"
 done
 score recovered-kd "$WORK/recovered-kd"; score recovered-gt "$WORK/recovered-gt"

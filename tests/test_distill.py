@@ -422,3 +422,11 @@ def test_a_student_dir_is_a_teacher_on_the_same_crops(manifest, tmp_path):
     parts = res.report["losses"][0]
     assert {"kd", "mask_kd"} <= set(parts), parts
     assert res.report["teacher"]["spec"] == str(tmp_path / "t")
+
+
+def test_a_cpu_budget_ends_the_run_and_is_reported(manifest, tmp_path):
+    """--cpu-minutes: training stops once the process has spent that much CPU (not wall) time."""
+    res = distill(small_cfg(manifest, tmp_path / "s", steps=10_000, eval_max=0, cpu_minutes=0.03))
+    rep = res.report
+    assert 0 < rep["steps_run"] < 10_000
+    assert 1.8 <= rep["cpu_seconds"] < 30  # the budget (1.8 s) plus at most the last step

@@ -58,7 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=1500, help="optimizer steps (default 1500)")
     p.add_argument("--minutes", type=float,
                    help="train for this much wall clock instead (the cosine schedule spans the minutes; --steps "
-                        "is then only a cap): runs compared at equal time, e.g. KD vs ground truth only")
+                        "is then only a cap)")
+    p.add_argument("--cpu-minutes", type=float,
+                   help="the same budget in process CPU minutes (all threads): runs compared at equal CPU on a "
+                        "machine other work shares, e.g. KD vs ground truth only")
     p.add_argument("--tile", type=int, default=512, help="saved/exported tile size T (default 512)")
     p.add_argument("--crop", type=int, default=256, help="training crop, multiple of 32, <= T (default 256)")
     p.add_argument("--batch", type=int, default=16, help="global batch (default 16)")
@@ -119,11 +122,15 @@ def _summary(report: dict) -> dict:
 
 
 def _distill(args: argparse.Namespace) -> int:
+    if args.minutes and args.cpu_minutes:
+        from ..errors import DefakerError
+
+        raise DefakerError("give --minutes or --cpu-minutes, not both")
     from ..artifacts import to_jsonable
     from .trainer import DistillConfig, distill
 
     cfg = DistillConfig(data=args.data, out=args.out, student=args.student, teacher=args.teacher, cache=args.cache,
-                        steps=args.steps, minutes=args.minutes, tile=args.tile, crop=args.crop, batch=args.batch, lr=args.lr,
+                        steps=args.steps, minutes=args.minutes, cpu_minutes=args.cpu_minutes, tile=args.tile, crop=args.crop, batch=args.batch, lr=args.lr,
                         seed=args.seed, resume=args.resume, ckpt_every=args.ckpt_every, stop_at=args.stop_at,
                         threads=args.threads, eval_max=args.eval_max, bf16=args.bf16,
                         weights=_weights(args.w, args.temperature), eval_teacher=args.eval_teacher,

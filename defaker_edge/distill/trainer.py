@@ -66,6 +66,8 @@ class DistillConfig:
     # one cosine cycle over it (warm restart: each session's weights end annealed), `steps` then only
     # an upper bound. On resume the weights and the optimizer's moments continue; the schedule restarts.
     minutes: float | None = None
+    # the same, as process CPU time (all threads): runs compared at equal CPU on a machine other work shares
+    cpu_minutes: float | None = None
     ckpt_minutes: float | None = None  # also checkpoint every N minutes (a hard stop loses at most that)
     # processes that cut the batches ahead (0: in the training process). Batches are a function of
     # (seed, step, index), so any number gives the same run; on a GPU the crops, not the net, bind
@@ -148,8 +150,8 @@ def _teacher_dir(spec: str | None) -> Path | None:
 
 
 def _schedule(cfg: DistillConfig, elapsed=None):
-    if cfg.minutes:
-        budget = 60.0 * cfg.minutes
+    if cfg.minutes or cfg.cpu_minutes:
+        budget = 60.0 * (cfg.cpu_minutes or cfg.minutes)
 
         def timed(step: int) -> float:  # `step` counts from this run's start: each run warms up again
             if step < cfg.warmup:
@@ -226,8 +228,13 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
         crop_teacher.model.to(d.device, memory_format=fmt)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    t_start = time.time()
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, lambda: time.time() - t_start))
+    t_start, cpu0 = time.time(), time.process_time()
+
+    def spent() -> float:  # what the budget counts: process CPU seconds, or wall seconds
+        return time.process_time() - cpu0 if cfg.cpu_minutes else time.time() - t_start
+
+    budget_s = 60.0 * (cfg.cpu_minutes or cfg.minutes or 0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, spent))
     history: list[dict[str, float]] = []
     start = 0
     cpu_before = 0.0
@@ -235,10 +242,10 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
         st = torch.load(ckpt, map_location=d.device, weights_only=False)
         net.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
-        if cfg.minutes:  # the moments continue; this run's rate and a new cycle over its budget
+        if budget_s:  # the moments continue; this run's rate and a new cycle over its budget
             for g in opt.param_groups:
                 g["initial_lr"] = cfg.lr
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, lambda: time.time() - t_start))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, spent))
         else:
             sched.load_state_dict(st["sched"])
         history, start = st["history"], st["step"]
@@ -288,8 +295,8 @@ def distill(cfg: DistillConfig, teacher: Any = None, on_checkpoint=None) -> Dist
         history.append({"step": step + 1, "loss": lval, "lr": opt.param_groups[0]["lr"], **parts})
         bar.set_postfix(loss=f"{lval:.4f}")
         now = time.time()
-        out_of_time = (bool(cfg.minutes) and now - t_start >= 60.0 * cfg.minutes) or STOP.is_set()
-        if d.enabled and cfg.minutes:  # every rank stops at the same step
+        out_of_time = (bool(budget_s) and spent() >= budget_s) or STOP.is_set()
+        if d.enabled and budget_s:  # every rank stops at the same step
             out_of_time = bool(ddp.all_mean(torch.tensor(float(out_of_time)), d) > 0)
         last = step + 1 == end or out_of_time
         due = (step + 1) % cfg.ckpt_every == 0 or (cfg.ckpt_minutes and now - last_ckpt >= 60.0 * cfg.ckpt_minutes)
