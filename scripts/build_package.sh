@@ -20,10 +20,11 @@ OV=(${OVERLAP:+--overlap "$OVERLAP"})
 say() { echo "== [$(date +%H:%M:%S)] $*" >&2; }
 
 say "calibration set and thresholds"
-if [ "${NEW_CALIB:-1}" = 1 ] || [ ! -f "$WORK/calib/manifest.json" ]; then
+# calibration tiles at the model's own tile size (its config.json); a set cut at another size is rebuilt
+TILE=$($BIN/python -c 'import json, sys; print(json.load(open(sys.argv[1] + "/config.json"))["tile"])' "$MODEL")
+CALIB_TILE=$($BIN/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["tile"])' "$WORK/calib/manifest.json" 2>/dev/null || echo none)
+if [ "${NEW_CALIB:-1}" = 1 ] || [ "$CALIB_TILE" != "$TILE" ]; then
   rm -rf "$WORK/calib"
-  # calibration tiles at the model's own tile size (its config.json)
-  TILE=$($BIN/python -c 'import json, sys; print(json.load(open(sys.argv[1] + "/config.json"))["tile"])' "$MODEL")
   $BIN/defaker calibrate build --data "$DATA" --out "$WORK/calib" --tile "$TILE"
 fi
 $BIN/defaker calibrate thresholds --model "$MODEL" --data "$DATA" "${OV[@]}"

@@ -37,8 +37,14 @@ if not c["promote"] and os.environ.get("FORCE") != "1":
 PY
 
 say "student -> models/default-student"
+# the shipped tile size is an export choice (576: README, Benchmark); the program's config may carry another
+SHIPPED_TILE=$($BIN/python -c 'import json; print(json.load(open("models/default-student/config.json"))["tile"])')
 rm -rf models/default-student && mkdir -p models/default-student
 cp "$STATE/student/config.json" "$STATE/student/model.safetensors" models/default-student/
+$BIN/python - models/default-student/config.json "$SHIPPED_TILE" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["tile"] = int(sys.argv[2]); json.dump(c, open(sys.argv[1], "w"), indent=2)
+PY
 cp "$OUT/comparison.json" models/default-student/promotion.json
 $BIN/python - models/default-student/report.json models/ledger.jsonl "$OUT/comparison.json" <<'PY'
 import json, sys
