@@ -10,7 +10,7 @@
 # is first distilled from it for DISTILL_MINUTES, starting from the shipped student.
 # Knobs: WORK (runs/chain), DATA (runs/default/data/manifest.jsonl), HELD (data/heldout/manifest.jsonl),
 # RATIO (0.35 of the prunable channels: about 55% of the parameters stay), PRUNE_STEPS (1200), RECOVER_CPU_MINUTES (24: process CPU minutes each, so both arms get the same CPU on a shared machine), DISTILL_MINUTES (30),
-# BIN (.venv/bin). Each step is skipped when its output exists (delete it to redo), so a stopped chain resumes.
+# TILE (576), BIN (.venv/bin). Each step is skipped when its output exists (delete it to redo), so a stopped chain resumes.
 # Writes WORK/chain.json, WORK/chain.md, WORK/package (the chain's deployment package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,7 @@ HELD=${HELD:-data/heldout/manifest.jsonl}
 RATIO=${RATIO:-0.35}
 PRUNE_STEPS=${PRUNE_STEPS:-1200}
 RECOVER_CPU_MINUTES=${RECOVER_CPU_MINUTES:-24}
+TILE=${TILE:-576}  # the package's tile size (the shipped one); every FP32 stage is scored at it too
 BF16=$(grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null && echo --bf16 || true)
 say() { echo "== [$(date +%H:%M:%S)] $*" >&2; }
 mkdir -p "$WORK"
@@ -35,7 +36,13 @@ fi
 IS_STUDENT=$($BIN/python -c 'import sys; from defaker_edge.distill.targets import is_student_dir as s; print(int(s(sys.argv[1])))' "$TEACHER")
 score() {  # NAME STUDENT_DIR [CUT]: held-out scores of a torch stage
   [ -f "$WORK/scores-$1.json" ] || { say "held-out scores: $1"; $BIN/defaker train score --student "$2" --heldout "$HELD" \
-    --pixel-threshold "${3:-0.5}" --out "$WORK/scores-$1.json" > /dev/null; }
+    --pixel-threshold "${3:-0.5}" --tile "$TILE" --out "$WORK/scores-$1.json" > /dev/null; }
+}
+set_tile() {  # DIR: this chain's own output is packaged at TILE (the student is fully convolutional)
+  $BIN/python - "$1/config.json" "$TILE" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["tile"] = int(sys.argv[2]); json.dump(c, open(sys.argv[1], "w"), indent=2)
+PY
 }
 if [ "$IS_STUDENT" = 1 ]; then
   UNPRUNED=$TEACHER  # already an edge student: the pruning distils it into its own smaller copy
@@ -48,6 +55,7 @@ fi
 [ -f "$WORK/pruned/model.safetensors" ] || { say "LoRA-prune $RATIO of the channels ($PRUNE_STEPS steps, KD from the teacher)"; \
   $BIN/defaker prune --student "$UNPRUNED" --teacher "$TEACHER" --data "$DATA" --ratio "$RATIO" --steps "$PRUNE_STEPS" \
     --batch 16 --crop 256 --threads 2 --eval-max 0 --seed 21 --out "$WORK/pruned"; }
+set_tile "$WORK/pruned"
 # recovery at equal CPU (process CPU minutes, all threads): KD from the teacher vs ground truth alone
 for how in kd gt; do
   [ -f "$WORK/recovered-$how/model.safetensors" ] && continue
@@ -55,6 +63,7 @@ for how in kd gt; do
   SRC=(--teacher "$TEACHER"); [ $how = gt ] && SRC=(--ground-truth-only)
   $BIN/defaker distill "${SRC[@]}" --data "$DATA" --init "$WORK/pruned" --cpu-minutes "$RECOVER_CPU_MINUTES" --steps 1000000 \
     --lr 1e-3 --batch 16 --crop 256 --threads 2 --seed 23 --eval-max 0 $BF16 --out "$WORK/recovered-$how"
+  set_tile "$WORK/recovered-$how"
 done
 score recovered-kd "$WORK/recovered-kd"; score recovered-gt "$WORK/recovered-gt"
 BEST=$($BIN/python - "$WORK" <<'PY'

@@ -88,3 +88,9 @@ def test_train_score_and_chain_cli(tiny_data, tmp_path, capsys):
     assert st[0]["params"] > 0 and st[1]["params_vs_teacher"] == 1.0 and st[1]["gmac_per_tile"] > 0
     assert main(["train", "score", "--student", str(tmp_path / "s"), "--heldout", str(tiny_data),
                  "--pixel-threshold", "2", "--out", str(tmp_path / "x.json")]) == 2
+    # any stage can be scored at the package's tile size (the student is fully convolutional)
+    assert main(["train", "score", "--student", str(tmp_path / "s"), "--heldout", str(tiny_data), "--eval-max", "2",
+                 "--tile", "160", "--out", str(tmp_path / "t160.json")]) == 0
+    assert json.loads((tmp_path / "t160.json").read_text())["tile"] == 160
+    assert main(["train", "score", "--student", str(tmp_path / "s"), "--heldout", str(tiny_data),
+                 "--tile", "100", "--out", str(tmp_path / "x.json")]) == 2

@@ -102,6 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--eval-max", type=int, default=300)
     s.add_argument("--pixel-threshold", type=float, default=0.5,
                    help="cut the soft mask here for pixel F1 (a package's calibrated pixel_threshold; default 0.5)")
+    s.add_argument("--tile", type=int, help="tile size to score at (default: the student's; the student is fully "
+                   "convolutional, so every stage of a chain can be scored at the shipped package's tile)")
     s.add_argument("--out", required=True, help="held-out scores JSON (what `train compare` and `train chain` read)")
     s.set_defaults(func=_score)
 
@@ -194,9 +196,12 @@ def _score(args: argparse.Namespace) -> int:
     if not 0.0 < args.pixel_threshold < 1.0:
         raise DefakerError(f"--pixel-threshold must be in (0, 1), got {args.pixel_threshold}")
     model, cfg = load_student(args.student)
+    tile = args.tile or cfg.tile
+    if tile % 32 or tile < 64:
+        raise DefakerError(f"--tile must be a multiple of 32 and at least 64, got {tile}")
     held = load_dataset(args.heldout)[: args.eval_max or None]
-    scores = heldout_scores(model, held, cfg.tile, cut=args.pixel_threshold)
-    write_json(args.out, {"step": None, "student": args.student, "pixel_cut": args.pixel_threshold,
+    scores = heldout_scores(model, held, tile, cut=args.pixel_threshold)
+    write_json(args.out, {"step": None, "student": args.student, "pixel_cut": args.pixel_threshold, "tile": tile,
                           "weights_sha256": sha256_file(Path(args.student) / "model.safetensors"),
                           "heldout": args.heldout, "images": scores})
     print(json.dumps(summary_line(scores)))
