@@ -216,3 +216,19 @@ def test_symbolic_output_dims_are_pinned_to_the_contract(exported, tmp_path):
     check_onnx(p)
     assert declared(p) == ["batch", 1, TILE // 4, TILE // 4]
     assert io_signature(p)["mask_logits"] == [-1, 1, TILE // 4, TILE // 4] and io_signature(p)["image"][0] == -1
+
+
+def test_the_manifest_teacher_carries_the_chain_figures(tmp_path):
+    """A student whose report names its teacher with the chain's figures hands them to the manifest."""
+    import json as _json
+
+    from defaker_edge.export.package import _provenance
+
+    chain = {"stages": [{"name": "teacher", "image_auc": 0.56}, {"name": "int8-cpu", "image_auc": 0.57}]}
+    (tmp_path / "report.json").write_text(_json.dumps(
+        {"teacher": {"id": "models/program@step-18538", "sha256": "ab" * 32, "role": "stand-in", "chain": chain}}))
+    _, teacher, _ = _provenance(tmp_path, [])
+    assert teacher["id"] == "models/program@step-18538" and teacher["sha256"] == "ab" * 32
+    assert teacher["role"] == "stand-in" and teacher["chain"] == chain
+    (tmp_path / "report.json").write_text(_json.dumps({"teacher": {"spec": None}}))
+    assert _provenance(tmp_path, [])[1] == {"id": None, "sha256": None}  # nothing invented

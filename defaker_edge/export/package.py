@@ -141,6 +141,11 @@ def _provenance(model_dir: Path, quant: list[dict[str, Any]]) -> tuple[dict, dic
         if isinstance(t, dict):
             teacher["id"] = teacher["id"] or t.get("id") or t.get("preset") or t.get("path") or t.get("spec")
             teacher["sha256"] = teacher["sha256"] or t.get("sha256")
+            # the compression chain's figures (distill.chain via scripts/chain.sh): what the student
+            # was distilled from and how much of the teacher each step kept, on the held-out set
+            for k in ("role", "heldout", "chain"):
+                if t.get(k) is not None:
+                    teacher.setdefault(k, t[k])
         elif isinstance(t, str):
             teacher["id"] = teacher["id"] or t
         teacher["id"] = teacher["id"] or _find(src, "teacher_id")
