@@ -86,6 +86,6 @@ score teacher "$TEACHER" "$CUT"; score pruned "$WORK/pruned" "$CUT"; score stude
 say "the chain"
 $BIN/defaker train chain --stage "teacher=$WORK/scores-teacher.json,model=$TEACHER,note=stand-in teacher (FP32)" \
   --stage "pruned=$WORK/scores-pruned.json,model=$WORK/pruned,note=LoRA-pruned + distilled (FP32)" \
-  --stage "recovered-$BEST=$WORK/scores-student.json,model=$STUDENT,note=recovered, $BEST (FP32)" \
+  --stage "recovered-$BEST=$WORK/scores-student.json,model=$STUDENT,note=recovered by $BEST (FP32)" \
   --stage "int8-cpu=$WORK/int8/scores.json,model=$STUDENT,note=the package: INT8-CPU + FP32 band" \
   --out "$WORK/chain.json" --markdown "$WORK/chain.md"
