@@ -11,7 +11,7 @@
 # Knobs: WORK (runs/chain), DATA (runs/default/data/manifest.jsonl), HELD (data/heldout/manifest.jsonl),
 # RATIO (0.35 of the prunable channels: about 55% of the parameters stay), PRUNE_STEPS (1200), RECOVER_CPU_MINUTES (24: process CPU minutes each, so both arms get the same CPU on a shared machine), DISTILL_MINUTES (30),
 # TILE (576), BIN (.venv/bin). Each step is skipped when its output exists (delete it to redo), so a stopped chain resumes.
-# Writes WORK/chain.json, WORK/chain.md, WORK/package (the chain's deployment package).
+# Writes WORK/chain.json, WORK/chain.md, WORK/chain.png (the Pareto plot), WORK/package (the chain's deployment package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -88,4 +88,4 @@ $BIN/defaker train chain --stage "teacher=$WORK/scores-teacher.json,model=$TEACH
   --stage "pruned=$WORK/scores-pruned.json,model=$WORK/pruned,note=LoRA-pruned + distilled (FP32)" \
   --stage "recovered-$BEST=$WORK/scores-student.json,model=$STUDENT,note=recovered by $BEST (FP32)" \
   --stage "int8-cpu=$WORK/int8/scores.json,model=$STUDENT,note=the package: INT8-CPU + FP32 band" \
-  --out "$WORK/chain.json" --markdown "$WORK/chain.md"
+  --out "$WORK/chain.json" --markdown "$WORK/chain.md" --plot "$WORK/chain.png"

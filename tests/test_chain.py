@@ -37,6 +37,11 @@ def test_chain_retention_and_paired_difference(tmp_path):
     b = _scores(tmp_path / "s.json", keys, y, dom, s, sf1, cut=0.3)
     res = chain_report(ChainConfig([Stage("teacher", a), Stage("student", b, ms_1024=12.5)],
                                    out=str(tmp_path / "c.json"), markdown=str(tmp_path / "c.md"), reps=300))
+    pytest.importorskip("matplotlib")
+    from defaker_edge.bench.plots import chain_plot
+
+    png = chain_plot(res.report, tmp_path / "chain.png")  # the teacher has no ms: left out, named
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
     st = res.report["stages"]
     ta, sa = image_auc(y, t), image_auc(y, s)
     assert st[0]["slices"]["all"]["image_auc"]["value"] == pytest.approx(ta)

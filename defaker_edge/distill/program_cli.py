@@ -116,6 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ch.add_argument("--reps", type=int, default=2000)
     ch.add_argument("--out", help="chain JSON")
     ch.add_argument("--markdown", help="chain tables (markdown)")
+    ch.add_argument("--plot", help="PNG: latency against held-out AUC and pixel F1, one point per stage with an ms figure")
     ch.set_defaults(func=_chain)
 
     q = tsub.add_parser("plot", help="the learning curve (held-out AUC and training loss against CPU hours)")
@@ -213,6 +214,10 @@ def _chain(args: argparse.Namespace) -> int:
 
     res = chain_report(ChainConfig([parse_stage(s) for s in args.stage], out=args.out, markdown=args.markdown,
                                    reps=args.reps, machine=args.machine))
+    if args.plot:
+        from ..bench.plots import chain_plot
+
+        chain_plot(res.report, args.plot)
     print(res.markdown, end="")
     return 0
 
