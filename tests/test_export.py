@@ -232,3 +232,17 @@ def test_the_manifest_teacher_carries_the_chain_figures(tmp_path):
     assert teacher["role"] == "stand-in" and teacher["chain"] == chain
     (tmp_path / "report.json").write_text(_json.dumps({"teacher": {"spec": None}}))
     assert _provenance(tmp_path, [])[1] == {"id": None, "sha256": None}  # nothing invented
+
+
+def test_package_info_prints_the_teacher_and_the_chain():
+    from defaker_edge.export.cli import _chain_lines
+
+    assert _chain_lines({}) == [] and _chain_lines({"id": None, "sha256": None}) == []
+    t = {"id": "models/program@step-1", "role": "stand-in", "chain": {"stages": [
+        {"name": "teacher", "params": 412792, "heldout": {"all": {"image_auc": 0.565, "pixel_f1": 0.055}}},
+        {"name": "int8-cpu", "params": 223280,
+         "heldout": {"all": {"image_auc": 0.583, "pixel_f1": 0.052, "retention": {"image_auc": 1.032, "pixel_f1": 0.942}}}}]}}
+    lines = _chain_lines(t)
+    assert lines[0] == "teacher    models/program@step-1  (stand-in)"
+    assert "413 k params" in lines[2] and "AUC 0.565" in lines[2] and "kept" not in lines[2]
+    assert "AUC 0.583" in lines[3] and "kept 103% / 94%" in lines[3]

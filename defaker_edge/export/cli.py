@@ -262,8 +262,31 @@ def run_info(args: argparse.Namespace) -> int:
         for prec, m in metrics.items():
             if isinstance(m, dict):
                 print(f"  {prec:9s} {_fmt_metrics(m)}")
+    for line in _chain_lines(pkg.manifest.get("teacher") or {}):
+        print(line)
     print(f"signature  {'present (check: defaker package verify --trusted-key PUB)' if signed else 'unsigned'}")
     return 0
+
+
+def _chain_lines(teacher: dict) -> list[str]:
+    """The teacher the student was distilled from and, where the manifest has it, the compression chain:
+    each stage's held-out image AUC and pixel F1 and how much of the teacher's it kept."""
+    if not teacher.get("id"):
+        return []
+    out = [f"teacher    {teacher['id']}" + (f"  ({teacher['role']})" if teacher.get("role") else "")]
+    stages = (teacher.get("chain") or {}).get("stages") or []
+    if stages:
+        out.append("chain      (held-out real-photo set: image AUC, pixel F1 at the shipped cut; kept vs the teacher)")
+    for st in stages:
+        a = ((st.get("heldout") or {}).get("all") or {})
+        r = a.get("retention") or {}
+        auc, f1 = a.get("image_auc"), a.get("pixel_f1")
+        kept = (f"  kept {r['image_auc']:.0%} / {r['pixel_f1']:.0%}"
+                if isinstance(r.get("image_auc"), (int, float)) and isinstance(r.get("pixel_f1"), (int, float)) else "")
+        params = f"{st['params'] / 1e3:.0f} k params" if isinstance(st.get("params"), int) else ""
+        out.append(f"  {str(st.get('name')):14s} {params:14s} AUC {auc if auc is None else f'{auc:.3f}'}  "
+                   f"F1 {f1 if f1 is None else f'{f1:.3f}'}{kept}")
+    return out
 
 
 def run_path(args: argparse.Namespace) -> int:
