@@ -88,12 +88,7 @@ def pareto_plot(report: dict, path: str | Path) -> Path:
     title = f"latency vs accuracy on n={n} images — {report['package']['model_id']}, " \
             f"{report['machine'].get('cpu_cores_usable')}-core " \
             f"CPU{', ' + report['machine']['gpu'] if report['machine'].get('gpu') else ''}"
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, title, path)
 
 
 def robustness_plot(report: dict, path: str | Path) -> Path | None:
@@ -173,6 +168,11 @@ def chain_plot(chain: dict, path: str | Path) -> Path:
     title = f"compression chain on {chain.get('n_images')} held-out images"
     if missing:
         title += f" (no latency: {', '.join(missing)})"
+    return _save(plt, fig, title, path)
+
+
+def _save(plt, fig, title: str, path: str | Path) -> Path:
+    """Title, layout, write the PNG and free the figure (a long bench draws many)."""
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out = Path(path)
