@@ -39,10 +39,7 @@ score() {  # NAME STUDENT_DIR [CUT]: held-out scores of a torch stage
     --pixel-threshold "${3:-0.5}" --tile "$TILE" --out "$WORK/scores-$1.json" > /dev/null; }
 }
 set_tile() {  # DIR: this chain's own output is packaged at TILE (the student is fully convolutional)
-  $BIN/python - "$1/config.json" "$TILE" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1])); c["tile"] = int(sys.argv[2]); json.dump(c, open(sys.argv[1], "w"), indent=2)
-PY
+  $BIN/python scripts/set_tile.py "$1" "$TILE"
 }
 if [ "$IS_STUDENT" = 1 ]; then
   UNPRUNED=$TEACHER  # already an edge student: the pruning distils it into its own smaller copy

@@ -88,8 +88,5 @@ fi
 
 # the package's tile size is chosen at export (the student is fully convolutional and trains on crops):
 # 576 cuts a 1024² image into 4 tiles instead of 9 at the same 64-px overlap (README, Benchmark)
-$BIN/python - models/default-student/config.json "${SHIP_TILE:-576}" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1])); c["tile"] = int(sys.argv[2]); json.dump(c, open(sys.argv[1], "w"), indent=2)
-PY
+$BIN/python scripts/set_tile.py models/default-student "${SHIP_TILE:-576}"
 FP8=1 NEW_CALIB=1 BIN=$BIN WORK=$WORK DATA=$DATA CALIB_N=$CALIB_N bash scripts/build_package.sh

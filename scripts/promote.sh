@@ -41,10 +41,7 @@ say "student -> models/default-student"
 SHIPPED_TILE=$($BIN/python -c 'import json; print(json.load(open("models/default-student/config.json"))["tile"])')
 rm -rf models/default-student && mkdir -p models/default-student
 cp "$STATE/student/config.json" "$STATE/student/model.safetensors" models/default-student/
-$BIN/python - models/default-student/config.json "$SHIPPED_TILE" <<'PY'
-import json, sys
-c = json.load(open(sys.argv[1])); c["tile"] = int(sys.argv[2]); json.dump(c, open(sys.argv[1], "w"), indent=2)
-PY
+$BIN/python scripts/set_tile.py models/default-student "$SHIPPED_TILE"
 cp "$OUT/comparison.json" models/default-student/promotion.json
 $BIN/python - models/default-student/report.json models/ledger.jsonl "$OUT/comparison.json" <<'PY'
 import json, sys
