@@ -55,7 +55,8 @@ DEFAULT_DECODE_TIMEOUT = 5.0
 MAX_JPEG_SCANS = 100
 HEAD_BYTES = 1 << 20  # read this much of a file first: the header checks need no more
 MAX_JUNK = 1 << 16  # bytes of garbage tolerated between JPEG markers (libjpeg skips it with a warning)
-READ_CHUNK = 1 << 12  # the decoder's input per step, so the deadline is checked often
+READ_CHUNK = 1 << 14  # the decoder's input per step, so the deadline is checked often (4 KB steps cost
+# ~0.4 ms more per 1024² JPEG than 16 KB in read calls; 16 KB of entropy data decodes in about a ms)
 _WANTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF", "PPM")
 Image.init()  # register every plugin so the allow-list below can be checked against what is there
 ALLOWED_FORMATS = tuple(f for f in _WANTED_FORMATS if f in Image.OPEN)
@@ -361,7 +362,8 @@ def _load(src: ImageSource, label: str, max_pixels: int, max_bytes: int, decode_
             img.load()
             fp.deadline = None
             try:
-                img = ImageOps.exif_transpose(img)
+                # in place: without an orientation tag the default returns a copy of every image
+                ImageOps.exif_transpose(img, in_place=True)
             except Exception as e:  # a broken EXIF block must not lose the image
                 log.warning("%s: EXIF orientation ignored (%s)", label, e)
             if img.size[0] * img.size[1] > max_pixels:
