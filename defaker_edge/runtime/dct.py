@@ -106,7 +106,7 @@ def dct_stream(tiles: np.ndarray, qtables: np.ndarray, n_freq: int, clip: int) -
     float32 [N, n_freq, T/8, T/8]: min(|round(DCT(Y) / q)|, clip) for the first `n_freq` AC
     frequencies, per 8×8 block of each tile's own grid.
 
-    Cost, 9 tiles of 512 (a 1024² check), 2 cores: luma by table lookup, one transpose into
+    Cost, 9 tiles of 512 (a 1024² check), 2 cores: luma (a cast and multiply-adds), one transpose into
     blocks and one [36864, 64] x [64, 24] GEMM, ~15 ms (the separable all-64 version took ~30).
     The runtime computes the stream once per image instead (image_stream) and slices it."""
     n, t = tiles.shape[:2]
