@@ -80,6 +80,7 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
 
     records = []
     missing = []
+    cuts: set[float] = set()  # the cuts the heatmaps were judged at (one, for a package's predictions)
     false_marks: dict[str, list[float]] = {}  # domain -> per authentic image, the share of pixels marked
     for s in samples:
         d = preds.get(s.key) or preds.get(s.image) or preds.get(os.path.basename(s.image))
@@ -91,6 +92,7 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
             gt, _ = load_mask(s.mask)
             pm, cut = predicted(d)
             if pm is not None:
+                cuts.add(cut)
                 if pm.shape != gt.shape:
                     raise DatasetError(f"{d.get('heatmap') or d.get('mask')}: predicted mask is "
                                        f"{pm.shape[1]}x{pm.shape[0]}, ground truth is {gt.shape[1]}x{gt.shape[0]}")
@@ -109,6 +111,8 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
     if missing:
         raise DatasetError(f"{len(missing)} dataset image(s) have no prediction, e.g.: " + ", ".join(missing[:5]))
     report = summarize(records, threshold)
+    # the pixel cut every fake's mask was scored at (null: none, or lines with different cuts)
+    report["pixel_cut"] = cuts.pop() if len(cuts) == 1 else None
     # the pixel false-positive rate on authentic images: the cost side of the pixel cut
     if false_marks:
         report["overall"]["pixel_fpr_authentic"] = float(np.mean([v for vs in false_marks.values() for v in vs]))
@@ -146,10 +150,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_predictions(args.predictions, args.data, threshold=args.threshold, split=args.split,
                                   pixel_threshold=args.pixel_threshold, images=images)
     if args.scores_out:
-        cuts = {float(json.loads(ln).get("pixel_threshold", 0.5)) for ln in
-                Path(args.predictions).read_text(encoding="utf-8").splitlines() if ln.strip()}
-        cut = args.pixel_threshold if args.pixel_threshold is not None else (cuts.pop() if len(cuts) == 1 else None)
-        write_json(args.scores_out, {"step": None, "predictions": str(args.predictions), "pixel_cut": cut,
+        write_json(args.scores_out, {"step": None, "predictions": str(args.predictions), "pixel_cut": report["pixel_cut"],
                                      "weights_sha256": None, "heldout": str(args.data), "images": images})
     if args.out:
         write_json(args.out, report)
