@@ -25,9 +25,10 @@ def dump(student: str, manifest: str, split: str, n: int, out: str) -> None:
     import torch
 
     from defaker_edge.data import load_dataset, load_image
-    from defaker_edge.runtime.dct import NO_TABLE, dct_stream, read_qtable, tile_tables
-    from defaker_edge.runtime.tiling import TileSpec, blend_window, cut_tiles, normalize, tile_origins
-    from defaker_edge.student.inputs import dct_spec, run
+    from defaker_edge.distill.evaluate import tile_outputs
+    from defaker_edge.runtime.dct import read_qtable
+    from defaker_edge.runtime.tiling import blend_window
+    from defaker_edge.student.inputs import dct_spec
     from defaker_edge.student.io import load_student
 
     model, cfg = load_student(student)
@@ -38,19 +39,7 @@ def dump(student: str, manifest: str, split: str, n: int, out: str) -> None:
         for s in samples:
             img = load_image(s.image)
             h, w = img.shape[:2]
-            origins = tile_origins(h, w, TileSpec(tile=T, overlap=64))
-            tiles = cut_tiles(img, origins, T)
-            q = read_qtable(s.image) if spec else None
-            tabs = tile_tables(NO_TABLE if q is None else q, origins)
-            logits, masks = [], []
-            for i in range(0, len(tiles), 8):
-                t = tiles[i:i + 8]
-                ex = {"dct": torch.from_numpy(dct_stream(t, tabs[i:i + 8], *spec)),
-                      "qtable": torch.from_numpy(tabs[i:i + 8])} if spec else None
-                lg, mk = run(model, torch.from_numpy(normalize(t)), ex)
-                logits.append(lg.float())
-                masks.append(mk.float()[:, 0])
-            L, M = torch.cat(logits).numpy(), torch.cat(masks).numpy()
+            origins, L, M = tile_outputs(model, img, T, qtable=read_qtable(s.image) if spec else None)
             # quarter-resolution mask logits, blended over the overlaps as the runtime does
             acc = np.zeros((max(h, T) // 4 + 1, max(w, T) // 4 + 1), np.float32)
             wsum = np.zeros_like(acc)

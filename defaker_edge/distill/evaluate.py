@@ -28,13 +28,13 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def predict_image(model: torch.nn.Module, img: np.ndarray, tile: int, overlap: int = 64,
-                  batch: int = 8, qtable: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """(fake probability, mask probabilities [H, W]) for one uint8 image; `qtable` is its file's
-    luma table (runtime.dct.read_qtable), read by students with a compression-history stream."""
+def tile_outputs(model: torch.nn.Module, img: np.ndarray, tile: int, overlap: int = 64, batch: int = 8,
+                 qtable: np.ndarray | None = None) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
+    """The runtime's tiling of one uint8 image run through a student: (tile origins, tile logits [N],
+    mask logits [N, T/4, T/4] at the model's quarter resolution). `qtable` is the file's luma table
+    (runtime.dct.read_qtable), read by students with a compression-history stream."""
     h, w = img.shape[:2]
-    spec = TileSpec(tile=tile, overlap=overlap)
-    origins = tile_origins(h, w, spec)
+    origins = tile_origins(h, w, TileSpec(tile=tile, overlap=overlap))
     tiles = cut_tiles(img, origins, tile)
     logits, masks = [], []
     dev = next(model.parameters()).device
@@ -48,9 +48,18 @@ def predict_image(model: torch.nn.Module, img: np.ndarray, tile: int, overlap: i
                      "qtable": torch.from_numpy(tables[i:i + batch])}
         lg, mk = run(model, torch.from_numpy(normalize(tiles[i:i + batch])).to(dev), extra)
         logits.append(lg.float().cpu())
-        masks.append(F.interpolate(mk.float(), size=(tile, tile), mode="bilinear", align_corners=False)[:, 0].cpu())
-    logits_np = torch.cat(logits).numpy()
-    masks_np = torch.cat(masks).numpy()
+        masks.append(mk.float()[:, 0].cpu())
+    return origins, torch.cat(logits).numpy(), torch.cat(masks).numpy()
+
+
+def predict_image(model: torch.nn.Module, img: np.ndarray, tile: int, overlap: int = 64,
+                  batch: int = 8, qtable: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """(fake probability, mask probabilities [H, W]) for one uint8 image (see tile_outputs): the
+    tiles' maximum logit, and their masks upsampled and blended over the overlaps as the runtime does."""
+    h, w = img.shape[:2]
+    origins, logits_np, masks_q = tile_outputs(model, img, tile, overlap, batch, qtable)
+    masks_np = F.interpolate(torch.from_numpy(masks_q)[:, None], size=(tile, tile), mode="bilinear",
+                             align_corners=False)[:, 0].numpy()
     win = blend_window(tile, min(overlap, tile // 2))
     acc = np.zeros((max(h, tile), max(w, tile)), np.float32)
     wsum = np.zeros_like(acc)
