@@ -64,6 +64,18 @@ def test_decode_deadline_stops_a_slow_file(monkeypatch):
         load_image(data, decode_timeout=0.2)
 
 
+def test_dataset_files_have_no_decode_deadline(monkeypatch, tmp_path):
+    # a process paused mid-decode (SIGSTOP, a suspended laptop) looks like a slow file to the clock:
+    # the runtime's load refuses it, a dataset read for training or evaluation does not
+    clock = iter(range(0, 10**6, 100))
+    monkeypatch.setattr(dio.time, "monotonic", lambda: float(next(clock)))
+    path = tmp_path / "a.jpg"
+    path.write_bytes(_jpeg(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)))
+    with pytest.raises(ImageError, match="decoding took longer"):
+        load_image(path)
+    assert dio.load_dataset_image(path).shape == (256, 256, 3)
+
+
 def test_ordinary_progressive_and_big_jpegs_still_decode():
     a = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
     assert load_image(_jpeg(a, progressive=True, quality=90)).shape == (600, 800, 3)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..data.dataset import Sample
-from ..data.io import load_image, load_mask
+from ..data.io import load_dataset_image, load_mask
 from ..metrics import Record, pixel_scores, summarize
 
 # (image, gt mask or None) -> (image, gt mask or None)
@@ -41,7 +41,7 @@ def evaluate(predictor, samples: list[Sample], threshold: float, *, perturb: Per
     n_fallback = 0
     n_dom, band_dom = Counter(), Counter()
     for s in (progress_bar(samples, desc, leave=False) if show_progress else samples):
-        img = load_image(s.image)
+        img = load_dataset_image(s.image)
         gt = None
         if s.label == 1 and s.mask:
             gt, _ = load_mask(s.mask, size=img.shape[:2])

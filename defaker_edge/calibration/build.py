@@ -114,7 +114,7 @@ def build_calibration(cfg: CalibConfig) -> CalibResult:
     from tqdm import tqdm
 
     from ..data.dataset import DOMAINS, load_dataset
-    from ..data.io import load_image, load_mask
+    from ..data.io import load_dataset_image, load_mask
     from ..runtime.tiling import TileSpec, cut_tiles, tile_origins
 
     if cfg.tile % 8 or cfg.tile < 32:
@@ -144,7 +144,7 @@ def build_calibration(cfg: CalibConfig) -> CalibResult:
     sources = []
     got: dict[tuple[str, int], int] = {}
     for s, k, _ in tqdm(plan, desc="calibration tiles", unit="img", leave=False, disable=None):
-        img = load_image(s.image)
+        img = load_dataset_image(s.image)
         h, w = img.shape[:2]
         origins = tile_origins(h, w, spec)
         m = load_mask(s.mask, size=(h, w))[0] if (s.mask and s.label) else None

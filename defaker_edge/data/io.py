@@ -337,6 +337,15 @@ def load_image(src: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise clean_error(e)  # without the frames that hold the input's bytes
 
 
+def load_dataset_image(src: str | os.PathLike, *, name: str | None = None) -> np.ndarray:
+    """load_image for the project's own dataset files (training, calibration, evaluation, the bench):
+    the same checks, but no wall-clock decode deadline. The deadline protects a device from a hostile
+    upload; in a batch job it only misfires when the machine is loaded or the process is paused, and
+    it once ended a two-hour training session at one ordinary training JPEG while the process was
+    stopped for a latency measurement."""
+    return load_image(src, name=name, decode_timeout=None)
+
+
 def _load(src: ImageSource, label: str, max_pixels: int, max_bytes: int, decode_timeout: float | None) -> np.ndarray:
     t0 = time.monotonic()
     if isinstance(src, np.ndarray):
@@ -399,7 +408,7 @@ def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None, *,
     8-bit), and was_binary is False so the caller can warn. `size` is (H, W) to check against.
     """
     label = name or str(path)
-    rgb = load_image(path, name=label)
+    rgb = load_dataset_image(path, name=label)  # masks are dataset files
     g = rgb.max(axis=2)
     values = np.unique(g)
     was_binary = bool(np.all(np.isin(values, (0, 255))) or np.all(np.isin(values, (0, 1))))

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data import Sample, load_image, load_mask
+from ..data import Sample, load_dataset_image, load_mask
 from ..runtime.dct import NO_TABLE, dct_stream, read_qtable
 from ..runtime.tiling import GRID, MEAN, normalize
 from .targets import ImageTargets, TargetSource
@@ -66,7 +66,7 @@ class ImageStore:
             self._lru.move_to_end(i)
             return self._lru[i][0]
         s = self.samples[i]
-        img = load_image(s.image)
+        img = load_dataset_image(s.image)
         gt = None
         if s.mask:
             gt, _ = load_mask(s.mask, size=img.shape[:2])

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data import Sample, load_image, load_mask
+from ..data import Sample, load_dataset_image, load_mask
 from ..metrics import Record, pixel_scores, summarize
 from ..runtime.dct import NO_TABLE, dct_stream, read_qtable, tile_tables
 from ..student.inputs import dct_spec, run
@@ -87,7 +87,7 @@ def evaluate(model: torch.nn.Module | None, samples: list[Sample], tile: int,
     srec: list[Record] = []
     trec: list[Record] | None = [] if teacher is not None else None
     for s in tqdm(samples, desc=desc, leave=False, dynamic_ncols=True, disable=None):
-        img = load_image(s.image)
+        img = load_dataset_image(s.image)
         gt = _gt(s, img.shape[:2])
         if model is not None:
             q = read_qtable(s.image) if dct_spec(model) is not None else None

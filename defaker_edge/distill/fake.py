@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import load_dataset, load_image, load_mask
+from ..data import load_dataset, load_dataset_image, load_mask
 
 
 @dataclass
@@ -32,7 +32,7 @@ class OracleTeacher:
         self.noise, self.seed, self.features = noise, seed, features
         self._gt: dict[str, tuple[int, np.ndarray]] = {}
         for s in load_dataset(manifest):
-            img = load_image(s.image)
+            img = load_dataset_image(s.image)
             m = load_mask(s.mask, size=img.shape[:2])[0] if s.mask else \
                 np.full(img.shape[:2], bool(s.label and s.domain == "aigc"))
             self._gt[self._key(img)] = (s.label, m)

@@ -121,7 +121,7 @@ def _expand_state(state_dir: Path, ckpt: Path) -> int:
 
 def heldout_scores(model, samples, tile: int, cut: float = 0.5) -> list[dict[str, Any]]:
     """Per image: label, domain, kind, fake probability, and pixel scores at `cut` / best for fakes."""
-    from ..data import load_image
+    from ..data import load_dataset_image
     from ..metrics import pixel_scores
     from ..runtime.dct import read_qtable
     from ..student.inputs import dct_spec
@@ -131,7 +131,7 @@ def heldout_scores(model, samples, tile: int, cut: float = 0.5) -> list[dict[str
     out = []
     with torch.no_grad():
         for s in samples:
-            img = load_image(s.image)
+            img = load_dataset_image(s.image)
             q = read_qtable(s.image) if dct_spec(model) is not None else None
             p, m = predict_image(model, img, tile, qtable=q)
             gt = _gt(s, img.shape[:2])

@@ -41,7 +41,7 @@ def generated_image(h: int = 768, w: int = 1024, seed: int = 0) -> np.ndarray:
 
 def _dataset_images(data: str | os.PathLike, n: int) -> list[np.ndarray]:
     from ..data import load_dataset
-    from ..data.io import load_image
+    from ..data.io import load_dataset_image
 
     samples = load_dataset(data)
     if not samples:
@@ -50,7 +50,7 @@ def _dataset_images(data: str | os.PathLike, n: int) -> list[np.ndarray]:
     held = [s for s in samples if s.split == "test"] or samples
     picked = sorted(held, key=lambda s: (s.label, s.key))
     chosen = picked[:: max(1, len(picked) // n)][:n]
-    return [load_image(s.image) for s in chosen]
+    return [load_dataset_image(s.image) for s in chosen]
 
 
 # Real colour photographs bundled with the package (assets/LICENSES.md); the first gives the golden tile.
@@ -60,9 +60,9 @@ BUNDLED = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")
 
 def bundled_images(n: int) -> list[np.ndarray]:
     """Up to n bundled real photos; [] where the assets are not installed."""
-    from ..data.io import load_image
+    from ..data.io import load_dataset_image
 
-    return [load_image(PHOTO_DIR / f) for f in BUNDLED[:n] if (PHOTO_DIR / f).is_file()]
+    return [load_dataset_image(PHOTO_DIR / f) for f in BUNDLED[:n] if (PHOTO_DIR / f).is_file()]
 
 
 def real_tiles(tile: int, data: str | os.PathLike | None = None, n_images: int = 3, max_tiles: int = 8) -> np.ndarray:

@@ -108,7 +108,7 @@ def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int | N
     from ..calibration.pixel import level_histograms
     from tqdm import tqdm
 
-    from ..data.io import load_image, load_mask
+    from ..data.io import load_dataset_image, load_mask
     from ..metrics import pixel_scores
     from ..runtime.dct import read_qtable, tile_tables
     from ..runtime.tiling import TileSpec, aggregate_logits, cut_tiles, tile_origins
@@ -119,7 +119,7 @@ def predict_images(run: RunFn, samples: Sequence, tile: int, *, overlap: int | N
     spec = TileSpec(tile=tile, overlap=overlap)
     out: list[ImagePred] = []
     for s in tqdm(samples, desc=desc, unit="img", leave=False, disable=None):
-        img = load_image(s.image)
+        img = load_dataset_image(s.image)
         h, w = img.shape[:2]
         origins = tile_origins(h, w, spec)
         tables = tile_tables(read_qtable(s.image), origins)

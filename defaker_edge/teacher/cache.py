@@ -86,10 +86,10 @@ def _part_name(shard: int, n: int, chunk: int) -> str:
 
 
 def _compute(teacher, sample, cfg: CacheConfig) -> dict[str, np.ndarray]:
-    from ..data.io import load_image
+    from ..data.io import load_dataset_image
     from ..runtime.tiling import TileSpec, cut_tiles, tile_origins
 
-    img = load_image(sample.image)
+    img = load_dataset_image(sample.image)
     out = teacher.predict(img, return_features=cfg.features)
     rec = {"prob": np.float32(out.fake_prob), "mask": soft_mask_quarter(out.mask_logits)}
     if cfg.features and out.vision_features is not None:

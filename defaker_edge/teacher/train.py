@@ -62,7 +62,7 @@ def _prepare(model, samples, desc: str):
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from ..data.io import load_image, load_mask
+    from ..data.io import load_dataset_image, load_mask
     from .tiling import dynamic_tiles, sam_input
 
     cfg = model.cfg
@@ -71,7 +71,7 @@ def _prepare(model, samples, desc: str):
     for n, s in enumerate(tqdm(samples, desc=desc, unit="img", file=sys.stderr, disable=None)):
         if n % 200 == 0:
             log.info("%s: %d/%d", desc, n, len(samples))
-        img = load_image(s.image)
+        img = load_dataset_image(s.image)
         if cfg.native_tile:  # keep the full image: crops are drawn per step
             m = load_mask(s.mask)[0] if (s.label and s.mask) else None
             pts = np.argwhere(m) if m is not None and m.any() else None
@@ -173,14 +173,14 @@ def evaluate(model, samples, max_eval: int | None = None) -> dict:
     import torch
     from tqdm import tqdm
 
-    from ..data.io import load_image, load_mask
+    from ..data.io import load_dataset_image, load_mask
     from ..metrics import Record, pixel_scores, summarize
 
     model.eval()
     recs = []
     for s in tqdm(samples[:max_eval] if max_eval else samples, desc="evaluate", unit="img", file=sys.stderr,
                   disable=None):
-        img = load_image(s.image)
+        img = load_dataset_image(s.image)
         out = model.predict(img)
         pix = None
         if s.label and s.mask:

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..io import load_image
+from ..io import load_dataset_image
 from .postprocess import add_noise, colour_jitter, gaussian, resize
 
 PHOTO_DIR = Path(__file__).resolve().parents[2] / "assets" / "photos"
@@ -27,7 +27,7 @@ def photos() -> tuple[tuple[str, np.ndarray], ...]:
     if not PHOTO_DIR.is_dir():
         return ()
     files = sorted(p for p in PHOTO_DIR.iterdir() if p.suffix.lower() in PHOTO_EXTS)
-    return tuple((p.name, load_image(p)) for p in files)
+    return tuple((p.name, load_dataset_image(p)) for p in files)
 
 
 def _is_grey(img: np.ndarray) -> bool:
