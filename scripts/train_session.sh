@@ -7,7 +7,7 @@
 # nice, bf16 where the CPU has it. SIGTERM (or Ctrl-C) ends it early with a checkpoint and a held-out
 # score. Commit models/program and models/ledger.jsonl afterwards.
 # FRESH=1 (the default) trains this session on forgeries no earlier session saw: the same recipe and
-# photos, synthesized with a seed taken from the program's step (6,000 + 1,600 images, about 6 CPU
+# photos, synthesized with a seed taken from the program's step (6,000 + 1,600 images, about 4 CPU
 # minutes on 2 cores), in $WORK/fresh (replaced each session). Why: after 26,000 steps on one fixed
 # set, the student scored image AUC 0.61 on its own training images against 0.54 on the recipe's val
 # split (documents 0.60 against 0.50), so part of what it learns is those images. FRESH=0 trains on
