@@ -19,7 +19,8 @@
 #   run(command="bash scripts/device_train.sh run", carry=["runs/device"], timeout_s=600)
 # Held-out scoring stays here (the held-out photos' forgeries must be byte-identical to the ones the
 # ledger's other lines were scored on, and library versions there differ).
-# Knobs: MINUTES (7), N_PHOTO (6000), N_PROC (1600), BATCH (32), WORKERS (nproc - 2), PY, OUT.
+# Knobs: MINUTES (7), N_PHOTO (6000), N_PROC (1600), BATCH (32), WORKERS (nproc - 2), PY, OUT,
+# SEED (the forgeries' seed; default 1000 + the program's step, as scripts/train_session.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -47,11 +48,16 @@ run)
   say() { echo "== [$(date +%H:%M:%S)] $*" >&2; }
   INFO='import torch; c = torch.cuda.is_available(); print("torch", torch.__version__, torch.cuda.get_device_name(0) if c else "cpu")'
   say "$($PY -c "$INFO")"
+  # forgeries no earlier session saw, as scripts/train_session.sh makes them: a seed from the program's step
+  STEP=$($PY -c 'import json, sys
+steps = [json.loads(l).get("step") for l in open(sys.argv[1]) if l.strip()]
+print(max([s for s in steps if isinstance(s, int)], default=0))' models/ledger.jsonl 2>/dev/null || echo 0)
+  SEED=${SEED:-$((1000 + STEP))}
   if [ ! -f "$D/data/manifest.jsonl" ]; then
-    say "forgeries: ${N_PHOTO:-6000} on the photos, ${N_PROC:-1600} procedural, $SYN_W processes"
-    $PY -m defaker_edge data synth --photos "$DEV/photos" --out "$D/photo" --n "${N_PHOTO:-6000}" --seed 11 \
+    say "forgeries (seed $SEED): ${N_PHOTO:-6000} on the photos, ${N_PROC:-1600} procedural, $SYN_W processes"
+    $PY -m defaker_edge data synth --photos "$DEV/photos" --out "$D/photo" --n "${N_PHOTO:-6000}" --seed "$SEED" \
       --domains natural,document --size-min 384 --size-max 1024 --workers "$SYN_W" --overwrite >&2
-    $PY -m defaker_edge data synth --out "$D/proc" --n "${N_PROC:-1600}" --seed 12 --domains face,aigc \
+    $PY -m defaker_edge data synth --out "$D/proc" --n "${N_PROC:-1600}" --seed "$((SEED + 1))" --domains face,aigc \
       --size-min 256 --size-max 768 --workers "$SYN_W" --overwrite >&2
     $PY -m defaker_edge data merge --out "$D/data/manifest.jsonl" "$D/photo" "$D/proc" >&2
   fi
