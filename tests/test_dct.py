@@ -45,6 +45,20 @@ def test_block_dct_matches_the_jpeg_definition():
     assert np.array_equal(got, want)
 
 
+def test_luma_is_bit_identical_to_per_channel_float32_products():
+    # the runtime and the training crops must see the same numbers as the student was trained on:
+    # float32 (r*0.299 + g*0.587) + b*0.114 - 128, each product rounded to float32 first (the
+    # per-channel lookup tables luma() used before it was made faster)
+    x = np.random.default_rng(3).integers(0, 256, (2, 40, 48, 3), dtype=np.uint8)
+    w = np.asarray([0.299, 0.587, 0.114], np.float32)
+    lut = np.arange(256, dtype=np.float32)[None, :] * w[:, None]
+    ref = lut[0][x[..., 0]] + lut[1][x[..., 1]]
+    ref += lut[2][x[..., 2]]
+    ref -= np.float32(128.0)
+    y = D.luma(x)
+    assert y.dtype == np.float32 and np.array_equal(y, ref)
+
+
 def test_zigzag_is_a_permutation_in_jpeg_order():
     assert sorted(D.ZIGZAG.tolist()) == list(range(64))
     assert D.ZIGZAG[:6].tolist() == [0, 1, 8, 16, 9, 2]
