@@ -101,6 +101,16 @@ def plot_ledger(ledger: str, out: str) -> str:
         if base and dom in base[-1]["heldout"]:
             ax1.axhline(base[-1]["heldout"][dom]["image_auc"], ls=style[:-1] or "-", lw=0.8, color="grey")
     ax1.axhline(0.5, color="k", lw=0.5)
+    # where the training set changed (new photos, a session's fresh forgeries): the ledger's data_sha256
+    prev, marks = None, []
+    for a, b in zip(runs, runs[1:]):
+        sa, sb = a.get("data_sha256"), b.get("data_sha256")
+        prev = sa or prev
+        if sb and prev and sb != prev:
+            marks.append(a["cpu_hours"])
+    for k, x in enumerate(marks):
+        for ax in (ax1, ax2):
+            ax.axvline(x, ls=":", lw=0.8, color="tab:purple", label="training set changed" if k == 0 and ax is ax1 else None)
     ax1.set_xlabel("CPU hours of the program (cumulative, all sessions)")
     ax1.set_ylabel("held-out image AUC")
     ax1.set_title(f"held-out real-photo set (n={evals[-1]['heldout']['all']['n'] if evals else 0}); "
