@@ -320,6 +320,11 @@ def test_program_resumes_from_committed_state_and_keeps_a_ledger(manifest, tmp_p
     n_runs = sum(1 for x in ledger.read_text().splitlines() if json.loads(x).get("kind") in (None, "eval"))
     msg = plot_ledger(str(ledger), str(tmp_path / "curve.png"))
     assert (tmp_path / "curve.png").stat().st_size > 1000 and f"{n_runs} checkpoints" in msg
+    assert "0 training-set changes" in msg  # both sessions trained on the same manifest
+    # a session on other data (a fresh set of forgeries) is marked where it starts
+    with open(ledger, "a") as fh:
+        fh.write(json.dumps({**second.lines[-1], "data_sha256": "0" * 64, "cpu_hours": 9.0}) + "\n")
+    assert "1 training-set changes" in plot_ledger(str(ledger), str(tmp_path / "curve.png"))
     # the comparison of the last held-out scores with themselves is no gain, so no promotion
     res = compare(str(state / "heldout_scores.json"), str(state / "heldout_scores.json"), reps=50)
     assert res["promote"] is False and res["slices"]["all"]["auc_delta"]["value"] == 0.0

@@ -125,4 +125,5 @@ def plot_ledger(ledger: str, out: str) -> str:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return f"learning curve ({len(evals)} held-out points, {len(runs)} checkpoints) written to {out}"
+    return (f"learning curve ({len(evals)} held-out points, {len(runs)} checkpoints, "
+            f"{len(marks)} training-set changes) written to {out}")
