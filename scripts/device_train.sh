@@ -49,10 +49,7 @@ run)
   INFO='import torch; c = torch.cuda.is_available(); print("torch", torch.__version__, torch.cuda.get_device_name(0) if c else "cpu")'
   say "$($PY -c "$INFO")"
   # forgeries no earlier session saw, as scripts/train_session.sh makes them: a seed from the program's step
-  STEP=$($PY -c 'import json, sys
-steps = [json.loads(l).get("step") for l in open(sys.argv[1]) if l.strip()]
-print(max([s for s in steps if isinstance(s, int)], default=0))' models/ledger.jsonl 2>/dev/null || echo 0)
-  SEED=${SEED:-$((1000 + STEP))}
+  SEED=${SEED:-$($PY scripts/fresh_seed.py)}
   if [ ! -f "$D/data/manifest.jsonl" ]; then
     say "forgeries (seed $SEED): ${N_PHOTO:-6000} on the photos, ${N_PROC:-1600} procedural, $SYN_W processes"
     $PY -m defaker_edge data synth --photos "$DEV/photos" --out "$D/photo" --n "${N_PHOTO:-6000}" --seed "$SEED" \

@@ -32,12 +32,9 @@ if [ ! -f "$DATA" ]; then
   $BIN/defaker data merge --out "$DATA" "$WORK/photo" "$WORK/proc"
 fi
 if [ "${FRESH:-1}" = 1 ]; then
-  STEP=$($BIN/python -c 'import json, sys
-steps = [json.loads(l).get("step") for l in open(sys.argv[1]) if l.strip()]
-print(max([s for s in steps if isinstance(s, int)], default=0))' models/ledger.jsonl 2>/dev/null || echo 0)
-  SEED=$((1000 + STEP))
+  SEED=$($BIN/python scripts/fresh_seed.py)
   if [ ! -f "$WORK/fresh/seed-$SEED" ]; then
-    say "fresh training forgeries (seed $SEED: the program is at step $STEP)"
+    say "fresh training forgeries (seed $SEED: 1000 + the program's step)"
     rm -rf "$WORK/fresh"
     $BIN/defaker data synth --photos data/photos --out "$WORK/fresh/photo" --n "${N_PHOTO:-6000}" --seed "$SEED" \
       --domains natural,document --size-min 384 --size-max 1024 --overwrite

@@ -25,7 +25,8 @@ def test_device_train_script_cpu_path(tmp_path, tiny_data):
     repo = tmp_path / "repo"  # a copy of what travels: the code, the script, a program state
     shutil.copytree(ROOT / "defaker_edge", repo / "defaker_edge", ignore=shutil.ignore_patterns("__pycache__", "models"))
     (repo / "scripts").mkdir()
-    shutil.copy(ROOT / "scripts" / "device_train.sh", repo / "scripts")
+    for script in ("device_train.sh", "fresh_seed.py"):
+        shutil.copy(ROOT / "scripts" / script, repo / "scripts")
     init = distill(DistillConfig(data=str(tiny_data), out=str(tmp_path / "init"), student="block-s", steps=1,
                                  tile=128, crop=64, batch=2, eval_max=0, threads=1)).out
     env = {**os.environ, "PY": sys.executable, "PHOTOS": str(_corpus(tmp_path / "photos")), "MINUTES": "0.02",
