@@ -63,7 +63,7 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
             problems.append(f"line {n}: {e}")
     if problems:
         raise DatasetError(f"{ppath}: bad lines:\n  " + "\n  ".join(problems[:20]))
-    from .data.io import load_image
+    from .data.io import load_dataset_image
 
     def predicted(d: dict) -> tuple[np.ndarray | None, float]:
         """The heatmap (probabilities) where the line names one, cut at the line's pixel threshold (F1 at
@@ -76,7 +76,7 @@ def evaluate_predictions(predictions: str | os.PathLike, data: str | os.PathLike
         mp = mp if mp.is_absolute() else proot / mp
         cut = 0.5 if key != "heatmap" else (
             pixel_threshold if pixel_threshold is not None else float(d.get("pixel_threshold", 0.5)))
-        return load_image(mp)[:, :, 0], cut
+        return load_dataset_image(mp)[:, :, 0], cut
 
     records = []
     missing = []

@@ -24,7 +24,7 @@ import numpy as np
 def dump(student: str, manifest: str, split: str, n: int, out: str) -> None:
     import torch
 
-    from defaker_edge.data import load_dataset, load_image
+    from defaker_edge.data import load_dataset, load_dataset_image
     from defaker_edge.distill.evaluate import tile_outputs
     from defaker_edge.runtime.dct import read_qtable
     from defaker_edge.runtime.tiling import blend_window
@@ -37,7 +37,7 @@ def dump(student: str, manifest: str, split: str, n: int, out: str) -> None:
     rows = []
     with torch.no_grad():
         for s in samples:
-            img = load_image(s.image)
+            img = load_dataset_image(s.image)
             h, w = img.shape[:2]
             origins, L, M = tile_outputs(model, img, T, qtable=read_qtable(s.image) if spec else None)
             # quarter-resolution mask logits, blended over the overlaps as the runtime does
