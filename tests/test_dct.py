@@ -119,11 +119,20 @@ def test_image_stream_sliced_per_tile_equals_the_per_tile_stream():
     tables = D.tile_tables(q, origins)
     ref = tiling.extra_inputs(tiles, tables, (24, 10))
     stream = D.image_stream(dec, q, 24, 10)
-    assert stream.dtype == np.uint8 and stream.shape == (24, 203 // 8, 261 // 8)
+    assert stream.dtype == np.uint8 and stream.shape == (203 // 8, 261 // 8, 24)
     out = tiling.extra_buffers(len(tiles), 64, (24, 10))
     tiling.fill_extra(out, tiles, tables, (24, 10), origins, stream)
     assert np.array_equal(out["qtable"], ref["qtable"])
     assert np.count_nonzero(out["dct"] != ref["dct"]) == 0
+    # the packages' layout, uint8 channels-last: the same values, transposed
+    nhwc = tiling.extra_buffers(len(tiles), 64, (24, 10), layout=tiling.DCT_NHWC)
+    assert nhwc["dct"].dtype == np.uint8 and nhwc["dct"].shape == (len(tiles), 8, 8, 24)
+    tiling.fill_extra(nhwc, tiles, tables, (24, 10), origins, stream)
+    assert np.array_equal(nhwc["dct"], ref["dct"].transpose(0, 2, 3, 1))
+    direct = tiling.extra_inputs(tiles, tables, (24, 10), layout=tiling.DCT_NHWC)["dct"]
+    assert direct.dtype == np.uint8 and np.array_equal(direct, nhwc["dct"])
+    with pytest.raises(ValueError, match="newer than the runtime"):
+        tiling.extra_buffers(1, 64, (24, 10), layout="nchw-f16")
     # a padded tile (the image is smaller than the tile) is transformed on its own, as before
     small = dec[:40, :56]
     t1 = tiling.cut_tiles(small, [(0, 0)], 64)
@@ -185,6 +194,17 @@ def test_package_with_the_stream_runs_through_the_runtime(tmp_path):
     fl, _ = sess.run(None, session_feeds(sess, tiles, D.tile_tables(D.read_qtable(data), origins)))
     assert with_table.logit == pytest.approx(float(np.max(fl)), abs=1e-4)
     assert with_table.logit != pytest.approx(from_array.logit, abs=1e-6)
+    # every file takes the stream uint8 channels-last, and the rewrite changed no output bit
+    assert man["input"]["extra"]["dct"]["shape"] == [-1, 8, 8, 8] and man["input"]["extra"]["dct"]["dtype"] == "uint8"
+    assert sess.get_inputs()[1].type == "tensor(uint8)" and sess.get_inputs()[1].shape[1:] == [8, 8, 8]
+    assert all(v["rewritten"] and max(v["max_abs"].values()) == 0.0 for v in man["validation"]["stream_layout"].values())
+    # a package in the PyTorch export's layout (as before the change) still loads and answers the same
+    old = write_package(model, cfg, tmp_path / "old", simplify=False, dct_layout=tiling.DCT_NCHW)
+    assert old.manifest["input"]["extra"]["dct"]["shape"] == [-1, 8, 8, 8] and "stream_layout" not in old.manifest["validation"]
+    assert old.manifest["input"]["extra"]["dct"]["dtype"] == "float32"
+    det_old = Detector.load(tmp_path / "old", precision="fp32")
+    assert det_old.backend.dct_layout == tiling.DCT_NCHW
+    assert det_old.check(str(path)).logit == with_table.logit
 
 
 def test_pixels_graph_runs_from_pixels_and_table(tmp_path):

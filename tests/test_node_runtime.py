@@ -20,7 +20,10 @@ import numpy as np
 import pytest
 
 from defaker_edge.runtime.package import DEFAULT_PACKAGE, load_golden, load_package
-from defaker_edge.runtime.tiling import PIXELS, RAW_FILL, check_format, extra_inputs, input_buffer, prepare
+from defaker_edge.runtime.tiling import (DCT_NHWC, PIXELS, RAW_FILL, check_format, extra_inputs, input_buffer,
+                                         model_layout, prepare)
+
+onnx = pytest.importorskip("onnx")
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "node" / "golden.mjs"
@@ -61,14 +64,15 @@ def write_descriptor(out: Path, pkg_dir: Path, precision: str) -> Path:
         assert entry is not None, f"the package has no {precision} ONNX file"
         model = pkg.path_of(entry)
         fmt = check_format((entry.raw.get("input") or {}).get("format"))  # the manifest's declaration
+    layout = model_layout(onnx.load(str(model), load_external_data=False))
     x = golden.input_u8
     tile = x.shape[1]
     feeds = {"image": prepare(x, fmt, out=input_buffer(fmt, len(x), tile)),
-             **extra_inputs(x, golden.qtable, pkg.dct, fmt)}
+             **extra_inputs(x, golden.qtable, pkg.dct, fmt, layout)}
     fl, ml = golden.outputs[precision]
     desc = {"model": str(model), "format": fmt, "tile": tile,
             "mean": list(pkg.mean), "std": list(pkg.std), "pad_fill": RAW_FILL.tolist(),
-            "dct": {"freqs": pkg.dct[0], "clip": pkg.dct[1]} if pkg.dct else None,
+            "dct": {"freqs": pkg.dct[0], "clip": pkg.dct[1], "layout": layout} if pkg.dct else None,
             "pixels": _raw(out, "pixels", x[0]),
             "qtable": _raw(out, "qtable", np.asarray(golden.qtable, np.float32).reshape(64)),
             "feeds": {k: _raw(out, f"feed_{k}", v) for k, v in feeds.items()},
@@ -93,5 +97,7 @@ def test_shipped_package_runs_in_onnxruntime_node(tmp_path, precision):
     # a caller that builds the inputs from pixels + table by the documented recipe gets them too
     assert res["image_mismatch"] == 0, res
     assert res["dct_mismatch"] in (0, None), res  # the stream built in JS: every coefficient equal
+    if precision != "fp32-pixels":  # the shipped files take the stream uint8 channels-last
+        assert json.loads(desc.read_text())["dct"]["layout"] == DCT_NHWC
     assert res["built"]["err"] <= atol, res
     assert r.returncode == 0, r.stderr[-2000:]

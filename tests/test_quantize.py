@@ -343,3 +343,23 @@ def test_int8_cpu_with_the_dct_stream_keeps_its_inputs_exact(calib, small_val, t
         f32, m32 = model(x, torch.from_numpy(extra["dct"]), torch.from_numpy(extra["qtable"]))
     assert dummy_inputs(model, 1, T)[1].shape == (1, 8, T // 8, T // 8)
     assert np.abs(fq - f32.numpy()).max() < 0.5 and np.abs(mq - m32.numpy()).mean() < 0.2
+    # export.stream_layout: the stream in as uint8 channels-last, compared as uint8: the same integers
+    from defaker_edge.export.golden import ort_session, run_tiles
+    from defaker_edge.export.stream_layout import Unsupported, channels_last_stream
+
+    assert channels_last_stream(m, 8, 10, uint8_compare=True)
+    assert not channels_last_stream(m, 8, 10, uint8_compare=True)  # once only
+    assert tiling.model_layout(m) == tiling.DCT_NHWC
+    dct_in = next(i for i in m.graph.input if i.name == "dct").type.tensor_type
+    assert dct_in.elem_type == TensorProto.UINT8 and [d.dim_value for d in dct_in.shape.dim][1:] == [T // 8, T // 8, 8]
+    eq = next(n for n in m.graph.node if n.op_type == "Equal")
+    bins = next((numpy_helper.to_array(i) for i in m.graph.initializer if i.name == eq.input[1]), None)
+    if bins is None:
+        bins = next(numpy_helper.to_array(n.attribute[0].t) for n in m.graph.node if n.output[0] == eq.input[1])
+    assert bins.dtype == np.uint8
+    fn, mn = run_tiles(ort_session(m.SerializeToString()), tiles, tables)
+    assert np.array_equal(fn, fq) and np.array_equal(mn, mq)
+    with pytest.raises(Unsupported, match="no 'dct' input"):
+        bare = onnx.load(str(res.onnx))
+        bare.graph.input[1].name = "other"
+        channels_last_stream(bare, 8, 10)

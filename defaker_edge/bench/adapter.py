@@ -83,10 +83,11 @@ class OnnxPredictor:
         self.batch = fixed or batch  # None: all tiles of an image in one batch (what the runtime does)
         self.in_name = self.sess.get_inputs()[0].name
         self.out_names = [o.name for o in self.sess.get_outputs()]
-        from ..runtime.backends.onnxruntime import input_format, session_dct
+        from ..runtime.backends.onnxruntime import input_format, session_dct, session_layout
 
         self.input_format = input_format(self.sess)
         self.dct = session_dct(self.sess)
+        self.dct_layout = session_layout(self.sess)
 
     def run_tiles(self, x: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Model inputs [N, ...] (tiling.prepare; the DCT stream's in `extra`, tiling.extra_inputs) ->
@@ -109,7 +110,7 @@ class OnnxPredictor:
         tiles = cut_tiles(img, origins, T)
         x = prepare(tiles, self.input_format)
         tables = tile_tables(read_qtable(source), origins) if (source is not None and self.dct) else None
-        extra = extra_inputs(tiles, tables, self.dct)
+        extra = extra_inputs(tiles, tables, self.dct, self.input_format, self.dct_layout)
         t1 = time.perf_counter()
         fl, ml = self.run_tiles(x, extra)
         t2 = time.perf_counter()

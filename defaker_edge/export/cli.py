@@ -16,6 +16,8 @@ What it does:
   2. onnx.checker full check, compares ONNX Runtime with PyTorch on random and real tiles (max/mean |diff|;
      fails above atol + rtol*max|output|), simplifies with onnxslim and validates again
   3. copies each --quantized dir's model.onnx (int8, int8-cpu, fp8) into the package
+  3b. with a DCT stream: rewrites every file to take it as uint8 [N, T/8, T/8, F] (--dct-layout) and checks
+     that each file's outputs did not change by a single bit
   4. runs every ONNX file on one fixed real tile -> golden.npz (the runtime's load-time self-test)
   5. writes manifest.json (files + sha256, thresholds, calibration hash, teacher id, metrics, tools)
      and verifies the package before moving it into place
@@ -61,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pixels-graph", action="store_true",
                    help="also write model_fp32_pixels.onnx: the FP32 graph with the normalization and the DCT stream "
                         "inside, run from uint8 tiles + the table (for GPUs and TensorRT; role 'pixels')")
+    p.add_argument("--dct-layout", choices=("nhwc-u8", "nchw-f32"), default="nhwc-u8",
+                   help="how the files take the DCT stream (students with one): nhwc-u8 (default), uint8 "
+                        "[N, T/8, T/8, F], the layout the runtime computes it in, checked bit-identical; nchw-f32, "
+                        "the PyTorch export's float32 [N, F, T/8, T/8], for a caller built against older packages")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=run_export)
 
@@ -154,7 +160,7 @@ def run_export(args: argparse.Namespace) -> int:
     pkg = export_package(ExportConfig(model=args.model, out=args.out, quantized=list(args.quantized), opset=args.opset,
                                       tile=args.tile, data=args.data, atol=args.atol, rtol=args.rtol,
                                       simplify=not args.no_simplify, force=args.force, overlap=args.overlap,
-                                      pixels_graph=args.pixels_graph))
+                                      pixels_graph=args.pixels_graph, dct_layout=args.dct_layout))
     m = pkg.manifest
     if args.json:
         print(json.dumps({"package": str(pkg.path), "model_id": m["model_id"],

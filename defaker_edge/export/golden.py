@@ -90,7 +90,8 @@ def ort_session(path: str | os.PathLike):
 
     so = ort.SessionOptions()
     so.log_severity_level = 3  # ORT warns about unused initializers in Q/DQ graphs; not our user's concern
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    src = path if isinstance(path, bytes) else str(path)  # a path, or a serialized model
+    return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(path_or_session: Any, x: np.ndarray | dict) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..artifacts import publish_mode, read_json, sha256_file, tool_versions, utc_now, write_json
 from ..errors import ArtifactError, DefakerError
-from ..runtime.tiling import MEAN, NORMALIZED, PIXELS, RAW_FILL, STD, TileSpec, input_dtype, input_shape, normalize
+from ..runtime.tiling import (DCT_NHWC, MEAN, NORMALIZED, PIXELS, RAW_FILL, STD, TileSpec, check_layout, dct_shape,
+                              input_dtype, input_shape, normalize)
 from .pixels_graph import PIXELS_FILE, PIXELS_ROLE, pixels_agreement, write_pixels_model
 from .manifest import (DEFAULT_ATOL, FORMAT, GOLDEN, INPUT_NAME, MANIFEST, ONNX_FILES, OUTPUT_NAMES, SCHEMA_VERSION,
                        Problem, check_files, check_schema, file_entry, onnx_files, read_manifest)
@@ -50,6 +51,9 @@ class ExportConfig:
     force: bool = False  # replace an existing package at `out`
     overlap: int | None = None  # tile overlap; None: the thresholds' own, else min(64, tile // 4)
     pixels_graph: bool = False  # also the FP32 graph that runs from pixels + table (export.pixels_graph)
+    # how the files take the DCT stream: uint8 channels-last (export.stream_layout), or the PyTorch
+    # export's float32 NCHW for a caller built against packages from before it
+    dct_layout: str = DCT_NHWC
 
 
 @dataclass
@@ -188,11 +192,14 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
                   quantized: Sequence[str | os.PathLike] = (), opset: int = 17, tile: int | None = None,
                   data: str | os.PathLike | None = None, atol: float = 1e-3, rtol: float = 1e-3, n_random: int = 4,
                   seed: int = 0, simplify: bool = True, model_id: str | None = None, force: bool = False,
-                  overlap: int | None = None, pixels_graph: bool = False) -> Package:
+                  overlap: int | None = None, pixels_graph: bool = False, dct_layout: str = DCT_NHWC) -> Package:
     """Export `model` (the FP32 student) and the quantized variants into a verified package at `out`.
 
     `pixels_graph`: also write PIXELS_FILE, the FP32 graph with the input preparation and the DCT
     stream inside (export.pixels_graph), taking uint8 tiles and the table: for GPUs and TensorRT.
+
+    `dct_layout`: DCT_NHWC (default) rewrites every file to take the stream as uint8 [N, T/8, T/8, F]
+    (export.stream_layout, checked bit-identical); DCT_NCHW keeps the export's float32 [N, F, T/8, T/8].
 
     `overlap`: the runtime's tile overlap (None: what the thresholds were calibrated at, else
     min(64, tile // 4)). It must match the thresholds' own, since the threshold is fitted on
@@ -202,6 +209,7 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
     from ..student.inputs import dct_spec
     from .golden import as_jpeg, golden_input, ort_session, real_tiles, run_onnx, run_tiles, write_golden
     from .onnx_export import check_onnx, export_onnx, io_signature, pin_io_shapes, simplify_onnx, validate_onnx
+    from .stream_layout import rewrite_file
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
@@ -303,6 +311,12 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
             check_onnx(tmp / PIXELS_FILE)
             validation["pixels_graph"] = pixels_agreement(tmp / PIXELS_FILE, fp32, real_u8, real_q)
             pixels_entry = {"fp32-pixels": PIXELS_FILE}
+        if dct is not None and check_layout(dct_layout) == DCT_NHWC:
+            # every file takes the stream as uint8 channels-last (export.stream_layout), the CPU INT8
+            # file comparing it as uint8. After the pixels graph, which replaces the FP32 file's stream
+            bar.set_description("channels-last stream")
+            validation["stream_layout"] = {
+                p: rewrite_file(tmp / rel, dct, p == "int8-cpu", real_u8, real_q) for p, rel in files.items()}
         bar.set_description("golden outputs")
         g_u8, g_q = golden_input(tile, data), None
         if dct is not None:
@@ -319,7 +333,7 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
             "input": {"name": INPUT_NAME, "shape": [-1, 3, tile, tile], "dtype": "float32", "layout": "NCHW",
                       "color": "RGB", "scale": 1 / 255, "mean": mean, "std": std, "tile": tile,
                       "overlap": spec.overlap, "stride": spec.stride, "grid": spec.grid,
-                      **({"extra": extra_spec(dct, tile)} if dct is not None else {})},
+                      **({"extra": extra_spec(dct, tile, dct_layout)} if dct is not None else {})},
             "outputs": [{"name": "fake_logit", "shape": [-1]}, {"name": "mask_logits", "shape": [-1, 1, tile // 4, tile // 4]}],
             "files": [file_entry(tmp, rel, p, "onnx", role_of(p, gates.get(p)),
                                  **({"gate": gates[p]} if p in gates else {}),
@@ -360,9 +374,11 @@ def write_package(model, cfg: Any, out: str | os.PathLike, *, model_dir: str | o
 LEGACY_OVERLAP = 64
 
 
-def extra_spec(dct: tuple[int, int], tile: int) -> dict[str, Any]:
+def extra_spec(dct: tuple[int, int], tile: int, layout: str = DCT_NHWC) -> dict[str, Any]:
     """The manifest's description of the compression-history inputs (runtime.dct says how to make them)."""
-    return {"dct": {"shape": [-1, dct[0], tile // 8, tile // 8], "dtype": "float32", "layout": "NCHW",
+    nhwc = check_layout(layout) == DCT_NHWC
+    return {"dct": {"shape": [-1, *dct_shape(1, tile, dct, layout)[1:]], "dtype": "uint8" if nhwc else "float32",
+                    "layout": "NHWC" if nhwc else "NCHW",
                     "freqs": dct[0], "clip": dct[1],
                     "what": "min(|round(DCT(Y - 128) / q)|, clip) per 8x8 block of the tile's luma (BT.601), "
                             "for the first `freqs` zigzag AC coefficients"},
@@ -441,7 +457,8 @@ def export_package(cfg: ExportConfig) -> Package:
     return write_package(model, scfg, cfg.out, model_dir=cfg.model, quantized=cfg.quantized, opset=cfg.opset,
                          tile=cfg.tile, data=cfg.data, atol=cfg.atol, rtol=cfg.rtol, n_random=cfg.n_random,
                          seed=cfg.seed, simplify=cfg.simplify, model_id=cfg.model_id, force=cfg.force,
-                         overlap=cfg.overlap, pixels_graph=cfg.pixels_graph)
+                         overlap=cfg.overlap, pixels_graph=cfg.pixels_graph,
+                         dct_layout=cfg.dct_layout)
 
 
 def _check_onnx_io(package: Path, m: dict[str, Any]) -> tuple[list[Problem], dict[str, Any]]:

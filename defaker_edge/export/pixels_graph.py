@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.dct import _basis, frequencies
-from ..runtime.tiling import FORMAT_KEY, MEAN, PIXELS, STD, extra_inputs
+from ..runtime.tiling import DCT_LAYOUT_KEY, DCT_NHWC, FORMAT_KEY, MEAN, PIXELS, STD, extra_inputs, model_layout
+from .stream_layout import ADAPTER_OUT, PREFIX
 
 # BT.601 luma weights, as runtime.dct.luma uses them
 LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)
@@ -59,6 +60,16 @@ def pixels_graph(model, dct: tuple[int, int], mean=MEAN, std=STD, fold_luma: boo
     batch = dims[0].dim_param or dims[0].dim_value or "batch"
     # the original inputs become internal tensors computed by the new nodes
     rename = {"image": "_normalized", "dct": "_stream"}
+    if model_layout(model) == DCT_NHWC:
+        # a package file that takes the stream uint8 channels-last (export.stream_layout): its
+        # adapter turns it back into the float32 NCHW tensor computed here, so the adapter goes
+        adapter = [n for n in g.node if n.name in (PREFIX + "Cast", PREFIX + "Transpose")]
+        if len(adapter) != 2:
+            raise ValueError("the file takes a uint8 channels-last stream without the float adapter this graph "
+                             "replaces (build the pixels graph from the FP32 file)")
+        for n in adapter:
+            g.node.remove(n)
+        rename[ADAPTER_OUT] = "_stream"
     for node in g.node:
         node.input[:] = [rename.get(x, x) for x in node.input]
     del g.input[:2]
@@ -111,6 +122,7 @@ def pixels_graph(model, dct: tuple[int, int], mean=MEAN, std=STD, fold_luma: boo
     g.initializer.extend(init)
     meta = {p.key: p.value for p in model.metadata_props}
     meta.update({FORMAT_KEY: PIXELS, PIXELS_KEY: "1"})
+    meta.pop(DCT_LAYOUT_KEY, None)  # it takes no stream
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..artifacts import write_json
 from ..errors import ArtifactError, DefakerError, MissingDependencyError
+from ..runtime.tiling import DCT_NCHW, DCT_NHWC, dct_shape
 from . import targets
 from .manifest import MANIFEST, check_files, file_entry, read_manifest
 
@@ -65,9 +66,16 @@ def _manifest_dct(inp: dict) -> tuple[int, int] | None:
     return (int(d["freqs"]), int(d["clip"])) if isinstance(d, dict) else None
 
 
+def _manifest_layout(inp: dict) -> str:
+    """The stream's layout in the manifest: uint8 channels-last in packages from export.stream_layout on."""
+    d = (inp.get("extra") or {}).get("dct") if isinstance(inp.get("extra"), dict) else None
+    return DCT_NHWC if isinstance(d, dict) and d.get("layout") == "NHWC" else DCT_NCHW
+
+
 def plan_build(target: str, precision: str, trt_version: str, compute_capability: str | None, dla: int | None = None,
                *, tile: int = 512, batch_max: int = 8, batch_opt: int | None = None, workspace_mb: int | None = None,
-               input_name: str = "image", dct: tuple[int, int] | None = None) -> BuildPlan:
+               input_name: str = "image", dct: tuple[int, int] | None = None,
+               dct_layout: str = DCT_NCHW) -> BuildPlan:
     """Every decision of a build, or BuildRefused saying why it cannot be built."""
     name, cc = targets.resolve_target(target, compute_capability)
     targets.check_precision(precision, cc)
@@ -92,7 +100,7 @@ def plan_build(target: str, precision: str, trt_version: str, compute_capability
     shape = lambda b: [b, 3, tile, tile]  # noqa: E731
     extra: dict[str, dict[str, list[int]]] = {}
     if dct is not None:  # same batch range as the image: each tile brings its stream and table
-        for n, rest in (("dct", [dct[0], tile // 8, tile // 8]), ("qtable", [64])):
+        for n, rest in (("dct", list(dct_shape(1, tile, dct, dct_layout)[1:])), ("qtable", [64])):
             extra[n] = {"min": [1, *rest], "opt": [opt, *rest], "max": [batch_max, *rest]}
     ver = ".".join(str(v) for v in targets.parse_trt_version(trt_version))
     engine = f"{precision}_{name}_sm{cc.replace('.', '')}_trt{ver}{'' if dla is None else f'_dla{dla}'}.engine"
@@ -184,7 +192,7 @@ def build_package_engine(package: str | os.PathLike, target: str = "auto", preci
     inp = m["input"]
     plan = plan_build(target, precision, trt.__version__, targets.detect_compute_capability(), dla,
                       tile=int(inp["tile"]), batch_max=batch_max, batch_opt=batch_opt, workspace_mb=workspace_mb,
-                      input_name=inp["name"], dct=_manifest_dct(inp))
+                      input_name=inp["name"], dct=_manifest_dct(inp), dct_layout=_manifest_layout(inp))
     src = next((f for f in m["files"] if f.get("format") == "onnx" and f.get("precision") == plan.source_precision), None)
     if src is None:
         raise ArtifactError(f"{package}: has no {plan.source_precision} ONNX to build a {precision} engine from "

@@ -130,8 +130,9 @@ _BAND = 8
 
 
 def image_stream(img: np.ndarray, qtable: np.ndarray | None, n_freq: int, clip: int) -> np.ndarray:
-    """uint8 [H, W, 3] + the file's luma table (None or zeros: none) -> uint8 [n_freq, H//8, W//8]:
-    dct_stream's values for every whole 8×8 block of the image's own grid, computed once.
+    """uint8 [H, W, 3] + the file's luma table (None or zeros: none) -> uint8 [H//8, W//8, n_freq]:
+    dct_stream's values for every whole 8×8 block of the image's own grid, computed once, channels-last
+    (the layout packages take, tiling.DCT_NHWC; and the GEMM's own, so no transpose).
 
     A tile whose origin is on the grid and which lies inside the whole blocks reads its stream as
     a slice (stream_tile): a 1024² check's 9 overlapping tiles cost one image's transform, not 9
@@ -139,23 +140,23 @@ def image_stream(img: np.ndarray, qtable: np.ndarray | None, n_freq: int, clip: 
     h, w = img.shape[0] // BLOCK, img.shape[1] // BLOCK
     q = NO_TABLE if qtable is None else np.asarray(qtable, np.float32).reshape(64)
     qf = q[frequencies(n_freq)]
-    out = np.empty((n_freq, h, w), np.uint8)
+    out = np.empty((h, w, n_freq), np.uint8)
     for a in range(0, h, _BAND):
         b = min(h, a + _BAND)
         y = luma(img[None, a * BLOCK:b * BLOCK, :w * BLOCK])[0]
         blocks = y.reshape(b - a, BLOCK, w, BLOCK).transpose(0, 2, 1, 3).reshape(-1, 64)
         coef = _quantize(_coefficients(blocks, n_freq), qf, clip)
-        out[:, a:b] = coef.reshape(b - a, w, n_freq).transpose(2, 0, 1)
+        out[a:b] = coef.reshape(b - a, w, n_freq)
     return out
 
 
 def stream_tile(stream: np.ndarray, y: int, x: int, tile: int) -> np.ndarray | None:
-    """The [F, T/8, T/8] slice of image_stream's output for the tile at (y, x), or None when the tile
+    """The [T/8, T/8, F] slice of image_stream's output for the tile at (y, x), or None when the tile
     is off the grid or reaches past the image's whole blocks (it needs its own dct_stream)."""
     t = tile // BLOCK
-    if y % BLOCK or x % BLOCK or y // BLOCK + t > stream.shape[1] or x // BLOCK + t > stream.shape[2]:
+    if y % BLOCK or x % BLOCK or y // BLOCK + t > stream.shape[0] or x // BLOCK + t > stream.shape[1]:
         return None
-    return stream[:, y // BLOCK:y // BLOCK + t, x // BLOCK:x // BLOCK + t]
+    return stream[y // BLOCK:y // BLOCK + t, x // BLOCK:x // BLOCK + t]
 
 
 def read_qtable(src) -> np.ndarray:

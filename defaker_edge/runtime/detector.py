@@ -581,7 +581,7 @@ class Detector:
         fmt = backend.input_format
         bufs = [tiling.input_buffer(fmt, B, T) for _ in range(W)]
         # the compression-history inputs, batch buffers beside the image's (empty for other models)
-        ebufs = [tiling.extra_buffers(B, T, backend.dct, fmt) for _ in range(W)]
+        ebufs = [tiling.extra_buffers(B, T, backend.dct, fmt, backend.dct_layout) for _ in range(W)]
         # a model that computes the stream in its graph (tiling.PIXELS) needs only the table
         stream = backend.dct if fmt != tiling.PIXELS else None
         cur = 0
@@ -703,7 +703,7 @@ class Detector:
             return image_stream(img, qtable, *dct)
         cuts = [round(j * h / parts) * 8 for j in range(parts + 1)]
         futs = [self._prep.submit(image_stream, img[a:b], qtable, *dct) for a, b in zip(cuts, cuts[1:])]
-        return np.concatenate([f.result() for f in futs], axis=1)
+        return np.concatenate([f.result() for f in futs], axis=0)
 
     def _finish(self, job: _Job, mask: str) -> Verdict:
         t = time.perf_counter()

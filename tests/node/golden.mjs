@@ -64,10 +64,11 @@ function roundHalfEven(v) {
   return (Math.abs(v % 1) === 0.5 && r % 2 !== 0) ? r - 1 : r;
 }
 
-// the compression-history stream [1, F, T/8, T/8]: per 8x8 block of the tile's BT.601 luma minus
-// 128, the orthonormal DCT-II coefficient (u, v) of the first F AC zigzag frequencies, divided by
-// the table's step (0: 1), rounded half to even, |.|, clipped
-function dctStream(px, T, q, F, clip) {
+// the compression-history stream: per 8x8 block of the tile's BT.601 luma minus 128, the
+// orthonormal DCT-II coefficient (u, v) of the first F AC zigzag frequencies, divided by the
+// table's step (0: 1), rounded half to even, |.|, clipped. Layout "nhwc-u8" (what packages take):
+// uint8 [1, T/8, T/8, F]; else float32 [1, F, T/8, T/8]
+function dctStream(px, T, q, F, clip, nhwc) {
   const D = [];
   for (let u = 0; u < 8; u++) {
     D.push([]);
@@ -77,7 +78,7 @@ function dctStream(px, T, q, F, clip) {
   const Y = new Float64Array(T * T);
   for (let i = 0; i < T * T; i++)
     Y[i] = f32(f32(f32(f32(px[3 * i] * f32(0.299)) + f32(px[3 * i + 1] * f32(0.587))) + f32(px[3 * i + 2] * f32(0.114))) - 128);
-  const B = T / 8, out = new Float32Array(F * B * B);
+  const B = T / 8, out = nhwc ? new Uint8Array(B * B * F) : new Float32Array(F * B * B);
   for (let f = 0; f < F; f++) {
     const k = ZIGZAG[1 + f], u = k >> 3, v = k & 7, step = q[k] > 0 ? q[k] : 1;
     for (let by = 0; by < B; by++)
@@ -85,7 +86,7 @@ function dctStream(px, T, q, F, clip) {
         let s = 0;
         for (let y = 0; y < 8; y++)
           for (let x = 0; x < 8; x++) s += D[u][y] * D[v][x] * Y[(by * 8 + y) * T + bx * 8 + x];
-        out[(f * B + by) * B + bx] = Math.min(Math.abs(roundHalfEven(s / step)), clip);
+        out[nhwc ? (by * B + bx) * F + f : (f * B + by) * B + bx] = Math.min(Math.abs(roundHalfEven(s / step)), clip);
       }
   }
   return out;
@@ -122,8 +123,9 @@ else if (desc.format === "u8-s2d2") built.image = new ort.Tensor("uint8", spaceT
 else built.image = new ort.Tensor("float32", normalized(px, T, desc.mean, desc.std), [1, 3, T, T]);
 if (desc.format === "u8-nhwc") built.qtable = new ort.Tensor("float32", q, [1, 64]);  // it makes the stream itself
 else if (desc.dct) {
-  const d = dctStream(px, T, q, desc.dct.freqs, desc.dct.clip);
-  built.dct = new ort.Tensor("float32", d, [1, desc.dct.freqs, T / 8, T / 8]);
+  const nhwc = desc.dct.layout === "nhwc-u8", F = desc.dct.freqs;
+  const d = dctStream(px, T, q, F, desc.dct.clip, nhwc);
+  built.dct = nhwc ? new ort.Tensor("uint8", d, [1, T / 8, T / 8, F]) : new ort.Tensor("float32", d, [1, F, T / 8, T / 8]);
   built.qtable = new ort.Tensor("float32", q, [1, 64]);
   if (given.dct) dctMismatch = d.reduce((n, v, i) => n + (v !== given.dct.data[i] ? 1 : 0), 0);
 }

@@ -37,6 +37,8 @@ class Backend(ABC):
     input_format: str = tiling.NORMALIZED
     # the compression-history stream's (frequencies, clip) when the model takes (image, dct, qtable)
     dct: tuple[int, int] | None = None
+    # how run() takes the stream: tiling.DCT_NCHW (float32 [N, F, T/8, T/8]) or DCT_NHWC (uint8 channels-last)
+    dct_layout: str = tiling.DCT_NCHW
 
     @abstractmethod
     def run(self, batch: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +49,7 @@ class Backend(ABC):
         """uint8 tiles [N,T,T,3] (+ their files' luma tables [N, 64], None: none) -> run() on them
         in this backend's input format."""
         return self.run(tiling.prepare(tiles, self.input_format),
-                        tiling.extra_inputs(tiles, tables, self.dct, self.input_format))
+                        tiling.extra_inputs(tiles, tables, self.dct, self.input_format, self.dct_layout))
 
     def close(self) -> None:  # release device memory; a no-op for host backends
         pass

@@ -96,11 +96,20 @@ def session_dct(session) -> tuple[int, int] | None:
     return tiling.parse_dct(meta().custom_metadata_map.get(tiling.DCT_KEY))
 
 
+def session_layout(session) -> str:
+    """The stream layout an ORT session's model declares (tiling.DCT_LAYOUT_KEY; unset: DCT_NCHW)."""
+    meta = getattr(session, "get_modelmeta", None)
+    if meta is None:
+        return tiling.DCT_NCHW
+    return tiling.check_layout(meta().custom_metadata_map.get(tiling.DCT_LAYOUT_KEY))
+
+
 def session_feeds(session, tiles: np.ndarray, tables: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Every input of `session`'s model for uint8 tiles (and their files' luma tables), by name."""
     names = [i.name for i in session.get_inputs()]
     feeds = {names[0]: session_input(session, tiles)}
-    feeds.update(tiling.extra_inputs(tiles, tables, session_dct(session), input_format(session)))
+    feeds.update(tiling.extra_inputs(tiles, tables, session_dct(session), input_format(session),
+                                     session_layout(session)))
     return feeds
 
 
@@ -130,6 +139,7 @@ class OrtBackend(Backend):
         try:
             self.input_format = input_format(self.session)
             self.dct = session_dct(self.session)
+            self.dct_layout = session_layout(self.session)
         except ValueError as e:
             raise BackendUnavailable(f"{self.path.name}: {e}") from None
         self.extra = tiling.extra_names(self.input_format, self.dct)
@@ -138,6 +148,7 @@ class OrtBackend(Backend):
             raise BackendUnavailable(f"{self.path.name}: expected inputs {['image', *self.extra]}, found {names}")
         self.input_name = inputs[0].name
         self._dtype = tiling.input_dtype(self.input_format)
+        self._extra_dtype = {"qtable": np.float32, "dct": np.uint8 if self.dct_layout == tiling.DCT_NHWC else np.float32}
         if input_name and input_name != self.input_name:
             log.warning("%s: input is named %r, the manifest says %r", self.path.name, self.input_name, input_name)
         outs = [o.name for o in self.session.get_outputs()]
@@ -157,6 +168,13 @@ class OrtBackend(Backend):
             if not extra or any(k not in extra for k in self.extra):
                 raise ValueError(f"{self.path.name} also takes {', '.join(self.extra)}: "
                                  "make them with tiling.extra_inputs or use run_tiles")
-            feeds.update({k: np.ascontiguousarray(extra[k], dtype=np.float32) for k in self.extra})
+            for k in self.extra:
+                v = extra[k]
+                if k == "dct" and self.dct_layout == tiling.DCT_NHWC and v.dtype != np.uint8:
+                    # a float stream cast to uint8 would be silently wrong if it came channels-first
+                    raise ValueError(f"{self.path.name} takes the DCT stream as uint8 channels-last "
+                                     f"({tiling.DCT_NHWC}), got {v.dtype}: make it with tiling.extra_inputs(..., "
+                                     "layout=backend.dct_layout)")
+                feeds[k] = np.ascontiguousarray(v, dtype=self._extra_dtype[k])
         fake, mask = self.session.run(self.outputs, feeds)
         return check_outputs(fake, mask, x.shape[0], self.tile)

@@ -131,8 +131,11 @@ class TrtBackend(Backend):
         q = tile // 4
         full = {self.input: (self.max_batch, 3, tile, tile), self.outputs[0]: (self.max_batch,),
                 self.outputs[1]: (self.max_batch, 1, q, q)}
-        if self.dct:
-            full["dct"] = (self.max_batch, self.dct[0], tile // 8, tile // 8)
+        if self.dct and "dct" in self.dtypes:
+            # an engine built from a package's ONNX takes the stream as that file did: uint8
+            # channels-last (export.stream_layout), or float32 channels-first from older packages
+            self.dct_layout = tiling.DCT_NHWC if self.dtypes["dct"] == np.uint8 else tiling.DCT_NCHW
+            full["dct"] = tiling.dct_shape(self.max_batch, tile, self.dct, self.dct_layout)
             full["qtable"] = (self.max_batch, 64)
         self.dev: dict[str, int] = {}
         try:
