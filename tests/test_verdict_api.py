@@ -68,6 +68,31 @@ def test_save_overlay_rereads_the_file_and_needs_the_image_otherwise(pkg, tmp_pa
         vq.save_mask(tmp_path / "q.png")
 
 
+def test_keep_pixels_draws_the_overlay_without_a_second_decode(pkg, tmp_path, monkeypatch):
+    """check(keep_pixels=True) (what `defaker check --overlay` uses): the Verdict holds the decoded
+    pixels and save_overlay draws on them; nothing reads the file again."""
+    from defaker_edge.runtime import detector as detmod
+
+    arr = _img()
+    Image.fromarray(arr).save(tmp_path / "in.png")
+    with Detector.load(pkg) as det:
+        plain = det.check(tmp_path / "in.png")
+        kept = det.check(tmp_path / "in.png", keep_pixels=True)
+        many = list(det.check_many([tmp_path / "in.png", arr], keep_pixels=True))
+    assert plain.pixels is None and np.array_equal(kept.pixels, arr)
+    assert all(np.array_equal(v.pixels, arr) for v in many)
+    assert kept.logit == plain.logit
+    ref = np.asarray(Image.open(plain.save_overlay(tmp_path / "ref.png")))
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded a second time")
+
+    monkeypatch.setattr(detmod, "pixels_of", no_decode)
+    assert np.array_equal(np.asarray(Image.open(kept.save_overlay(tmp_path / "kept.png"))), ref)
+    # an array checked with keep_pixels needs no image=... either
+    assert Image.open(many[1].save_overlay(tmp_path / "arr.png")).size == (130, 90)
+
+
 def test_pil_images_are_accepted(pkg, tmp_path):
     arr = _img()
     with Detector.load(pkg) as det:

@@ -332,7 +332,7 @@ def _run_check(args: argparse.Namespace) -> int:
     failed = fakes = 0
     with det:
         try:
-            for path, res in zip(paths, det.check_many(paths, errors="yield")):
+            for path, res in zip(paths, det.check_many(paths, errors="yield", keep_pixels=bool(mask_dir and args.overlay))):
                 if isinstance(res, Verdict):
                     fakes += res.is_fake
                     line = res.to_json()
@@ -384,13 +384,12 @@ def _write_outputs(args: argparse.Namespace, path: str, mp: Path, res, line: dic
         save_mask_png(tmp, res.heatmap)  # the probabilities, 0..255
     line["heatmap"] = str(hp)
     if args.overlay:
-        from ..data.io import load_image
         from .overlay import caption_of, save_overlay
 
         ov = overlay_path(mp)
-        with atomic_path(ov) as tmp:
-            save_overlay(tmp, load_image(path, max_pixels=args.max_pixels), res.heatmap, caption=caption_of(res),
-                         cut=res.pixel_threshold)
+        with atomic_path(ov) as tmp:  # on the pixels the check decoded (keep_pixels), not a second decode
+            save_overlay(tmp, res.pixels, res.heatmap, caption=caption_of(res), cut=res.pixel_threshold)
+        res.pixels = None
         line["overlay"] = str(ov)
 
 

@@ -89,6 +89,9 @@ class Verdict:
     tiles_rerun: int = 0
     # the file the image was read from, for save_overlay (bytes, arrays and PIL images are not kept)
     source: str | None = None
+    # the decoded RGB pixels, uint8 [H, W, 3], kept only when asked (check(..., keep_pixels=True)): the
+    # overlay is drawn on them without decoding the file a second time
+    pixels: np.ndarray | None = field(default=None, repr=False)
     # the full-size heatmap, or how to make it: (quarter logits, dtype) until first access
     _heat: np.ndarray | None = field(default=None, repr=False)
     _mask_src: tuple[np.ndarray, np.dtype] | None = field(default=None, repr=False)
@@ -152,12 +155,15 @@ class Verdict:
         if m is None:
             raise DefakerError(f"{self.image or 'verdict'}: no full-size mask to draw (checked with "
                                "mask='none' or 'quarter'; check with mask='full')")
-        src = image if image is not None else self.source
-        if src is None:
-            raise DefakerError(f"{self.image or 'verdict'}: the image was not a file: pass it again, "
-                               "save_overlay(path, image=...)")
         h, w = self.size
-        pixels, _ = pixels_of(src, self.image, max_pixels=max(DEFAULT_MAX_PIXELS, h * w))
+        if image is None and self.pixels is not None:
+            pixels = self.pixels  # kept from the check: no second decode
+        else:
+            src = image if image is not None else self.source
+            if src is None:
+                raise DefakerError(f"{self.image or 'verdict'}: the image was not a file: pass it again, "
+                                   "save_overlay(path, image=...), or check it with keep_pixels=True")
+            pixels, _ = pixels_of(src, self.image, max_pixels=max(DEFAULT_MAX_PIXELS, h * w))
         if pixels.shape[:2] != (h, w):
             raise DefakerError(f"{self.image or 'verdict'}: image is {pixels.shape[1]}x{pixels.shape[0]}, "
                                f"the verdict's mask {w}x{h}: not the image that was checked")
@@ -705,7 +711,7 @@ class Detector:
         futs = [self._prep.submit(image_stream, img[a:b], qtable, *dct) for a, b in zip(cuts, cuts[1:])]
         return np.concatenate([f.result() for f in futs], axis=0)
 
-    def _finish(self, job: _Job, mask: str) -> Verdict:
+    def _finish(self, job: _Job, mask: str, keep_pixels: bool = False) -> Verdict:
         t = time.perf_counter()
         th = self.package.thresholds
         be = self.backend
@@ -758,7 +764,7 @@ class Detector:
                        backend=be.name, precision=be.precision, fallback=fb, timings=timings, logit=logit,
                        provider=be.provider, image=job.name, size=(h, w), n_tiles=job.n, mask_quarter=quarter,
                        package_problems=list(self.package_problems), uncertain=uncertain, source=job.source,
-                       tiles_rerun=rerun)
+                       tiles_rerun=rerun, pixels=job.img if keep_pixels else None)
 
     def _rerun(self, job: _Job, fp: Backend, reason: str, partial: bool) -> tuple[_Job, Backend, int]:
         """`job` answered again on the full-precision backend: (the answered job, fp, tiles re-run).
@@ -796,24 +802,28 @@ class Detector:
         return job, fp, len(idx)
 
     def check(self, image: ImageSource, *, name: str | None = None, mask: str | None = None,
-              max_pixels: int | None = None, decode_timeout: float | None = None) -> Verdict:
+              max_pixels: int | None = None, decode_timeout: float | None = None,
+              keep_pixels: bool = False) -> Verdict:
         """One image (path, encoded bytes, an RGB array or a PIL image) -> Verdict. Raises ImageError
         if unreadable.
-        decode_timeout overrides the detector's (seconds per 10 MP) for this image."""
+        decode_timeout overrides the detector's (seconds per 10 MP) for this image.
+        keep_pixels: the Verdict keeps the decoded image (`Verdict.pixels`), e.g. to draw its overlay
+        without decoding the file again (off by default: a 12 MP photo is 36 MB)."""
         mode = mask or self.mask_mode
         job = self._job(image, name, max_pixels, mode, decode_timeout)
         if job.decode_error:
             raise job.decode_error
         for j in self._stream([job], self.backend):
-            return self._finish(j, mode)
+            return self._finish(j, mode, keep_pixels)
         raise AssertionError("unreachable")
 
     def check_many(self, images: Iterable[ImageSource], *, mask: str | None = None, errors: str = "raise",
-                   max_pixels: int | None = None) -> Iterator[Verdict | DefakerError]:
+                   max_pixels: int | None = None, keep_pixels: bool = False) -> Iterator[Verdict | DefakerError]:
         """Verdicts in input order, with tiles of consecutive images sharing batches.
 
         errors='raise' raises the first unreadable image's ImageError (or an InferenceError);
         errors='yield' yields that error object in its place and goes on.
+        keep_pixels: as in check (each Verdict holds its image until the caller lets it go).
         """
         if errors not in ("raise", "yield"):
             raise DefakerError(f"errors must be 'raise' or 'yield', got {errors!r}")
@@ -826,7 +836,7 @@ class Detector:
                 yield job.decode_error
                 continue
             try:
-                v: Verdict | DefakerError = self._finish(job, mode)
+                v: Verdict | DefakerError = self._finish(job, mode, keep_pixels)
             except DefakerError as e:  # InferenceError: this image failed on every path
                 if errors == "raise":
                     raise
