@@ -122,18 +122,28 @@ INPUT_FORMATS = (NORMALIZED, RAW_S2D, PIXELS)
 RAW_FILL = np.rint(np.asarray(MEAN) * 255).astype(np.uint8)
 
 
+def _known(value: str | None, default: str, known: tuple[str, ...], what: str) -> str:
+    """`value`, or `default` for None/""; ValueError for one this runtime does not know."""
+    value = value or default
+    if value not in known:
+        raise ValueError(f"unknown {what} {value!r} (this runtime knows {', '.join(known)}): "
+                         "the package is newer than the runtime")
+    return value
+
+
+def _meta(model, key: str) -> str | None:
+    """An ONNX ModelProto's metadata value (duck-typed: no onnx import here)."""
+    return {p.key: p.value for p in model.metadata_props}.get(key)
+
+
 def check_format(fmt: str | None) -> str:
     """`fmt`, or NORMALIZED for None/""; ValueError for a format this runtime does not know."""
-    fmt = fmt or NORMALIZED
-    if fmt not in INPUT_FORMATS:
-        raise ValueError(f"unknown model input format {fmt!r} (this runtime knows {', '.join(INPUT_FORMATS)}): "
-                         "the package is newer than the runtime")
-    return fmt
+    return _known(fmt, NORMALIZED, INPUT_FORMATS, "model input format")
 
 
 def model_format(model) -> str:
-    """The input format an ONNX ModelProto declares in its metadata (duck-typed: no onnx import here)."""
-    return check_format({p.key: p.value for p in model.metadata_props}.get(FORMAT_KEY))
+    """The input format an ONNX ModelProto declares in its metadata."""
+    return check_format(_meta(model, FORMAT_KEY))
 
 
 def input_shape(fmt: str, tile: int) -> tuple[int, int, int]:
@@ -233,21 +243,17 @@ def parse_dct(value: str | None) -> tuple[int, int] | None:
 
 def model_dct(model) -> tuple[int, int] | None:
     """The DCT stream an ONNX ModelProto declares (duck-typed: no onnx import here)."""
-    return parse_dct({p.key: p.value for p in model.metadata_props}.get(DCT_KEY))
+    return parse_dct(_meta(model, DCT_KEY))
 
 
 def check_layout(layout: str | None) -> str:
     """`layout`, or DCT_NCHW for None/""; ValueError for a stream layout this runtime does not know."""
-    layout = layout or DCT_NCHW
-    if layout not in DCT_LAYOUTS:
-        raise ValueError(f"unknown DCT stream layout {layout!r} (this runtime knows {', '.join(DCT_LAYOUTS)}): "
-                         "the package is newer than the runtime")
-    return layout
+    return _known(layout, DCT_NCHW, DCT_LAYOUTS, "DCT stream layout")
 
 
 def model_layout(model) -> str:
-    """The stream layout an ONNX ModelProto declares (duck-typed: no onnx import here)."""
-    return check_layout({p.key: p.value for p in model.metadata_props}.get(DCT_LAYOUT_KEY))
+    """The stream layout an ONNX ModelProto declares in its metadata."""
+    return check_layout(_meta(model, DCT_LAYOUT_KEY))
 
 
 def dct_shape(n: int, tile: int, dct: tuple[int, int], layout: str = DCT_NCHW) -> tuple[int, int, int, int]:
