@@ -202,6 +202,11 @@ def test_package_with_the_stream_runs_through_the_runtime(tmp_path):
     old = write_package(model, cfg, tmp_path / "old", simplify=False, dct_layout=tiling.DCT_NCHW)
     assert old.manifest["input"]["extra"]["dct"]["shape"] == [-1, 8, 8, 8] and "stream_layout" not in old.manifest["validation"]
     assert old.manifest["input"]["extra"]["dct"]["dtype"] == "float32"
+    be = Detector.load(tmp_path / "pkg", precision="fp32").backend
+    assert be.dct_layout == tiling.DCT_NHWC
+    legacy = tiling.extra_inputs(tiles, None, (8, 10))  # float32 channels-first: refused, not cast
+    with pytest.raises(ValueError, match="uint8 channels-last"):
+        be.run(tiling.prepare(tiles, be.input_format), legacy)
     det_old = Detector.load(tmp_path / "old", precision="fp32")
     assert det_old.backend.dct_layout == tiling.DCT_NCHW
     assert det_old.check(str(path)).logit == with_table.logit
