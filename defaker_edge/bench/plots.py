@@ -131,12 +131,7 @@ def robustness_plot(report: dict, path: str | Path) -> Path | None:
     n = rb.get("n_images")
     n_acc = (report.get("data") or {}).get("n")
     base = "clean, same images" if same else f"clean on the accuracy run's {n_acc} images, not these"
-    fig.suptitle(f"robustness on n={n} images (dotted: {base}; dashed black: chance AUC)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, f"robustness on n={n} images (dotted: {base}; dashed black: chance AUC)", path)
 
 
 def chain_plot(chain: dict, path: str | Path) -> Path:

@@ -79,17 +79,20 @@ def export_onnx(model, tile: int, path: str | os.PathLike, opset: int = 17) -> P
     return pin_io_shapes(path, tile)
 
 
+def replace_metadata(model, props: dict[str, str], drop: tuple[str, ...] = ()) -> None:
+    """Add or replace an in-memory ModelProto's metadata_props entries, and remove the keys in `drop`."""
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in props and p.key not in drop]
+    del model.metadata_props[:]
+    for k, v in [*keep, *props.items()]:
+        model.metadata_props.add(key=k, value=v)
+
+
 def set_metadata(path: str | os.PathLike, props: dict[str, str]) -> None:
-    """Add or replace ONNX metadata_props entries in place."""
+    """Add or replace ONNX metadata_props entries of the file at `path`, in place."""
     import onnx
 
     m = onnx.load(str(path))
-    keep = [p for p in m.metadata_props if p.key not in props]
-    del m.metadata_props[:]
-    m.metadata_props.extend(keep)
-    for k, v in props.items():
-        e = m.metadata_props.add()
-        e.key, e.value = k, v
+    replace_metadata(m, props)
     onnx.save(m, str(path))
 
 

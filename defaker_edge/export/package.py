@@ -19,8 +19,8 @@ import numpy as np
 
 from ..artifacts import publish_mode, read_json, sha256_file, tool_versions, utc_now, write_json
 from ..errors import ArtifactError, DefakerError
-from ..runtime.tiling import (DCT_NHWC, MEAN, NORMALIZED, PIXELS, RAW_FILL, STD, TileSpec, check_layout, dct_shape,
-                              input_dtype, input_shape, normalize)
+from ..runtime.tiling import (DCT_NHWC, MEAN, NORMALIZED, PIXELS, RAW_FILL, STD, TileSpec, check_layout, dct_dtype,
+                              dct_shape, input_dtype, input_shape, normalize)
 from .pixels_graph import PIXELS_FILE, PIXELS_ROLE, pixels_agreement, write_pixels_model
 from .manifest import (DEFAULT_ATOL, FORMAT, GOLDEN, INPUT_NAME, MANIFEST, ONNX_FILES, OUTPUT_NAMES, SCHEMA_VERSION,
                        Problem, check_files, check_schema, file_entry, onnx_files, read_manifest)
@@ -376,9 +376,8 @@ LEGACY_OVERLAP = 64
 
 def extra_spec(dct: tuple[int, int], tile: int, layout: str = DCT_NHWC) -> dict[str, Any]:
     """The manifest's description of the compression-history inputs (runtime.dct says how to make them)."""
-    nhwc = check_layout(layout) == DCT_NHWC
-    return {"dct": {"shape": [-1, *dct_shape(1, tile, dct, layout)[1:]], "dtype": "uint8" if nhwc else "float32",
-                    "layout": "NHWC" if nhwc else "NCHW",
+    return {"dct": {"shape": [-1, *dct_shape(1, tile, dct, layout)[1:]], "dtype": np.dtype(dct_dtype(layout)).name,
+                    "layout": "NHWC" if check_layout(layout) == DCT_NHWC else "NCHW",
                     "freqs": dct[0], "clip": dct[1],
                     "what": "min(|round(DCT(Y - 128) / q)|, clip) per 8x8 block of the tile's luma (BT.601), "
                             "for the first `freqs` zigzag AC coefficients"},

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..runtime.dct import _basis, frequencies
 from ..runtime.tiling import DCT_LAYOUT_KEY, DCT_NHWC, FORMAT_KEY, MEAN, PIXELS, STD, extra_inputs, model_layout
+from .onnx_export import replace_metadata
 from .stream_layout import ADAPTER_OUT, PREFIX
 
 # BT.601 luma weights, as runtime.dct.luma uses them
@@ -120,12 +121,7 @@ def pixels_graph(model, dct: tuple[int, int], mean=MEAN, std=STD, fold_luma: boo
     del g.node[:]
     g.node.extend(new_nodes)
     g.initializer.extend(init)
-    meta = {p.key: p.value for p in model.metadata_props}
-    meta.update({FORMAT_KEY: PIXELS, PIXELS_KEY: "1"})
-    meta.pop(DCT_LAYOUT_KEY, None)  # it takes no stream
-    del model.metadata_props[:]
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=v)
+    replace_metadata(model, {FORMAT_KEY: PIXELS, PIXELS_KEY: "1"}, drop=(DCT_LAYOUT_KEY,))  # it takes no stream
     onnx.checker.check_model(model)
     return model
 

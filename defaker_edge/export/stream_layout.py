@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import DefakerError
 from ..runtime.tiling import DCT_LAYOUT_KEY, DCT_NHWC, model_layout
+from .onnx_export import replace_metadata
 
 INPUT = "dct"
 PREFIX = "/dct/nhwc/"  # the rewrite's node and tensor names
@@ -113,10 +114,7 @@ def channels_last_stream(model, n_freq: int, clip: int, uint8_compare: bool = Fa
             d.dim_param = v
         else:
             d.dim_value = v
-    for q in list(model.metadata_props):
-        if q.key == DCT_LAYOUT_KEY:
-            model.metadata_props.remove(q)
-    model.metadata_props.add(key=DCT_LAYOUT_KEY, value=DCT_NHWC)
+    replace_metadata(model, {DCT_LAYOUT_KEY: DCT_NHWC})
     return True
 
 

@@ -257,11 +257,9 @@ def uint8_input(qdq_onnx: str | os.PathLike, out: str | os.PathLike, meta: dict[
     d[1].dim_value, d[2].dim_value, d[3].dim_value = hh, hh, c
     for vi in list(g.value_info):
         g.value_info.remove(vi)
-    want = {FORMAT_KEY: RAW_S2D, **(meta or {})}
-    kept = [(p.key, p.value) for p in m.metadata_props if p.key not in want]
-    del m.metadata_props[:]
-    for k, v in [*kept, *want.items()]:
-        m.metadata_props.add(key=k, value=v)
+    from ..export.onnx_export import replace_metadata
+
+    replace_metadata(m, {FORMAT_KEY: RAW_S2D, **(meta or {})})
     onnx.checker.check_model(m)
     onnx.save(m, str(out))
     return Path(out)

@@ -262,6 +262,12 @@ def dct_shape(n: int, tile: int, dct: tuple[int, int], layout: str = DCT_NCHW) -
     return (n, t, t, dct[0]) if check_layout(layout) == DCT_NHWC else (n, dct[0], t, t)
 
 
+def dct_dtype(layout: str) -> type:
+    """The dct input's element type in `layout`: uint8 channels-last (its values are integers 0..clip),
+    float32 channels-first."""
+    return np.uint8 if check_layout(layout) == DCT_NHWC else np.float32
+
+
 def _stream_of(tiles: np.ndarray, q: np.ndarray, dct: tuple[int, int], layout: str) -> np.ndarray:
     """dct_stream of tiles in `layout` (NHWC: uint8, the values are integers 0..clip)."""
     from .dct import dct_stream
@@ -334,8 +340,7 @@ def extra_buffers(n: int, tile: int, dct: tuple[int, int] | None, fmt: str | Non
         return {}
     if fmt == PIXELS:
         return {"qtable": np.empty((n, 64), np.float32)}
-    layout = check_layout(layout)
-    return {"dct": np.empty(dct_shape(n, tile, dct, layout), np.uint8 if layout == DCT_NHWC else np.float32),
+    return {"dct": np.empty(dct_shape(n, tile, dct, layout), dct_dtype(layout)),
             "qtable": np.empty((n, 64), np.float32)}
 
 

@@ -73,14 +73,18 @@ def session_options(threads: int | None = None):
     return opts
 
 
-def input_format(session) -> str:
-    """An ORT session's model input format: tiling.FORMAT_KEY in the model's metadata, else NORMALIZED.
-    ValueError for a format this runtime does not know. An object with ORT's run() but no model
-    metadata (the GPU script's torch stand-in session) takes the contract's NORMALIZED input."""
+def _meta(session, key: str) -> str | None:
+    """A value of an ORT session's model metadata; None where unset, or for an object with ORT's run()
+    but no model metadata (the GPU script's torch stand-in session)."""
     meta = getattr(session, "get_modelmeta", None)
-    if meta is None:
-        return tiling.NORMALIZED
-    return tiling.check_format(meta().custom_metadata_map.get(tiling.FORMAT_KEY))
+    return None if meta is None else meta().custom_metadata_map.get(key)
+
+
+def input_format(session) -> str:
+    """An ORT session's model input format: tiling.FORMAT_KEY in the model's metadata, else NORMALIZED
+    (also for a session without metadata: the contract's input). ValueError for a format this runtime
+    does not know."""
+    return tiling.check_format(_meta(session, tiling.FORMAT_KEY))
 
 
 def session_input(session, tiles: np.ndarray) -> np.ndarray:
@@ -90,18 +94,12 @@ def session_input(session, tiles: np.ndarray) -> np.ndarray:
 
 def session_dct(session) -> tuple[int, int] | None:
     """The compression-history stream an ORT session's model declares (tiling.DCT_KEY), or None."""
-    meta = getattr(session, "get_modelmeta", None)
-    if meta is None:
-        return None
-    return tiling.parse_dct(meta().custom_metadata_map.get(tiling.DCT_KEY))
+    return tiling.parse_dct(_meta(session, tiling.DCT_KEY))
 
 
 def session_layout(session) -> str:
     """The stream layout an ORT session's model declares (tiling.DCT_LAYOUT_KEY; unset: DCT_NCHW)."""
-    meta = getattr(session, "get_modelmeta", None)
-    if meta is None:
-        return tiling.DCT_NCHW
-    return tiling.check_layout(meta().custom_metadata_map.get(tiling.DCT_LAYOUT_KEY))
+    return tiling.check_layout(_meta(session, tiling.DCT_LAYOUT_KEY))
 
 
 def session_feeds(session, tiles: np.ndarray, tables: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -148,7 +146,7 @@ class OrtBackend(Backend):
             raise BackendUnavailable(f"{self.path.name}: expected inputs {['image', *self.extra]}, found {names}")
         self.input_name = inputs[0].name
         self._dtype = tiling.input_dtype(self.input_format)
-        self._extra_dtype = {"qtable": np.float32, "dct": np.uint8 if self.dct_layout == tiling.DCT_NHWC else np.float32}
+        self._extra_dtype = {"qtable": np.float32, "dct": tiling.dct_dtype(self.dct_layout)}
         if input_name and input_name != self.input_name:
             log.warning("%s: input is named %r, the manifest says %r", self.path.name, self.input_name, input_name)
         outs = [o.name for o in self.session.get_outputs()]
