@@ -538,3 +538,17 @@ def test_band_share_is_counted_per_domain(tmp_path):
     row = {"variant": "int8-cpu", "band": res.band}
     assert _band(row, "all") == "3/10 (30.0%)" and _band(row, "face") == "—"
     assert _band({"variant": "fp32", "band": res.band}, "all") == "—"  # FP32 answers are never re-run
+
+
+def test_report_shows_the_package_path_relative_to_the_checkout(tmp_path, monkeypatch):
+    """A committed report names the package as a checkout does (defaker_edge/models/default), not by the
+    benchmarking machine's absolute path; a package outside the working directory keeps its full path."""
+    from defaker_edge.bench.package import _shown
+
+    pkg = tmp_path / "work" / "defaker_edge" / "models" / "default"
+    pkg.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert _shown(pkg) == str(Path("defaker_edge") / "models" / "default")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert _shown(other) == str(other.resolve())

@@ -57,11 +57,21 @@ class PackageInfo:
         return None
 
     def summary(self) -> dict:
-        return {"path": str(self.root), "model_id": self.model_id, "manifest_sha256": self.manifest_sha256,
+        return {"path": _shown(self.root), "model_id": self.model_id, "manifest_sha256": self.manifest_sha256,
                 "tile": self.tile, "overlap": self.overlap, "threshold": self.threshold,
                 "temperature": self.temperature, "pixel_threshold": self.pixel_threshold,
                 "files": [{"precision": v.precision, "path": str(v.path.relative_to(self.root)),
                            "format": v.format, "bytes": v.bytes, "forced": is_forced(v.meta)} for v in self.variants]}
+
+
+def _shown(path: Path) -> str:
+    """The path as the report shows it: relative to the working directory where it lies below it (a
+    checkout's `defaker_edge/models/default`, not the machine's absolute path), else absolute."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
 
 
 def is_forced(entry: dict) -> bool:
